@@ -1,0 +1,46 @@
+"""durableq: multiprocessing work that survives SIGKILL.
+
+``durableq.Queue`` is a drop-in ``multiprocessing.Queue`` whose every put is committed
+before it returns and whose messages stay in flight until acked, so whatever a dead
+process held is delivered again.
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    ConfigurationError,
+    DurableQError,
+    OwnerGone,
+    QueueLocked,
+    StoreError,
+    StoreTimeout,
+)
+from ._queue import JoinableQueue, Message, Queue
+from ._records import Counts, Fault, Leased, LeaseToken, Priority, State
+from ._serializer import Serializer
+from .store import DiskcacheStore, MemoryStore, Store
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ConfigurationError",
+    "Counts",
+    "DiskcacheStore",
+    "DurableQError",
+    "Fault",
+    "JoinableQueue",
+    "LeaseToken",
+    "Leased",
+    "MemoryStore",
+    "Message",
+    "OwnerGone",
+    "Priority",
+    "Queue",
+    "QueueLocked",
+    "Serializer",
+    "State",
+    "Store",
+    "StoreError",
+    "StoreTimeout",
+    "__version__",
+]

@@ -1,0 +1,361 @@
+"""The owner's one thread: leases messages to consumers and applies their acks.
+
+::
+
+    PRODUCER (any process/thread)  put(obj) -> serialize -> Store.put_many (committed)
+         `-- (PUT, n) on its connection ---------------+           +---------+
+    CONSUMER get() -- (WANT, acks) --------------------+---------> |  STORE  | the only
+                   <-- (MSG, token, payload) ----+     |           +---------+ durable truth
+    DISPATCHER THREAD (owner process)            |     v              ^    |
+        wait([listener, wakeup, *connections], timeout=next lease expiry)  |
+          |-- Store.ack(batch) / Store.nack(batch) ------------------+    |
+          |-- Store.lease(n waiting consumers) <---------------------------+
+          |-- send MSG to each waiting consumer -------------------------> (back to CONSUMER)
+          `-- connection closed without BYE: that consumer crashed:
+                Store.nack(its leases, requeue) at once, fault recorded, Event set
+
+- **Producers** commit to the store themselves (shared stores) or through the owner
+  (``RPUT``), then notify it so waiting consumers are served at once.
+- **Consumers** hold one connection per thread; every delivery carries a lease token
+  (message id, attempt): an ack for a lease that expired or was handed on is ignored.
+- **The dispatcher** alone tracks leases and applies acks, in one transaction per batch.
+  It never sleeps-polls: it blocks in ``wait()`` until a frame arrives or a lease expires.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from . import _wire as w
+from ._records import Fault, LeaseToken
+from .store import Store
+
+log = logging.getLogger("durableq")
+
+#: Seconds a waiting consumer may go without the store being re-checked. A message whose
+#: producer was killed between its commit and its notification is found by this check.
+SAFETY_CHECK = 5.0
+
+
+@dataclass(eq=False)
+class _Consumer:
+    conn: Connection
+    pid: int = 0
+    authed: bool = False
+    held: dict[int, LeaseToken] = field(default_factory=dict)
+    waiting: bool = False
+    nowait: bool = False
+    said_bye: bool = False
+
+
+@dataclass
+class _Counters:
+    delivered: int = 0
+    acked: int = 0
+    nacked: int = 0
+    stale_acks: int = 0
+    redelivered_after_crash: int = 0
+    expired_leases: int = 0
+
+
+class Dispatcher(threading.Thread):
+    """Runs in the owner process; see the module docstring for the data path."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        address: str | bytes,
+        secret: bytes,
+        visibility_timeout: float,
+        ack_on_send: bool,
+        on_fault: Callable[[Fault], None],
+        release_slot: Callable[[], None] | None,
+        take_slot: Callable[[], None] | None,
+        name: str,
+    ) -> None:
+        super().__init__(name=f"durableq-dispatcher-{name}", daemon=True)
+        self.store = store
+        self.secret = secret
+        self.ttl = visibility_timeout
+        self.ack_on_send = ack_on_send
+        self.on_fault = on_fault
+        self.release_slot = release_slot
+        self.take_slot = take_slot
+        self.owner_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.counters = _Counters()
+        self.stopping = False
+        self.broken: BaseException | None = None
+        self._listener = w.listen(address)
+        self._wake_r, self._wake_w = os.pipe()
+        self._consumers: dict[Connection, _Consumer] = {}
+        self._waiters: collections.deque[_Consumer] = collections.deque()
+        self._joiners: list[_Consumer] = []
+        self._leases: dict[int, tuple[LeaseToken, _Consumer]] = {}
+        self._expiry: collections.deque[tuple[float, LeaseToken]] = collections.deque()
+        self._acks: list[LeaseToken] = []
+        self._requeue: list[LeaseToken] = []
+        self._bury: list[LeaseToken] = []
+        self._maybe_ready = True
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop serving: requeue what consumers hold, close every connection."""
+        self.stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # already closed: the thread is gone
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+    def run(self) -> None:
+        try:
+            while not self.stopping:
+                ready = wait(self._waitables(), self._timeout())
+                if not ready and self._waiters:
+                    self._maybe_ready = True  # the safety re-check: see SAFETY_CHECK
+                for obj in ready:
+                    self._on_ready(obj)
+                self._expire_leases(time.time())
+                self._flush()
+        except BaseException as exc:
+            self.broken = exc
+            log.exception("durableq dispatcher stopped by an error")
+            self.on_fault(Fault("owner-thread-died", time.time(), f"{type(exc).__name__}: {exc}"))
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        held = [token for token, _ in self._leases.values()]
+        try:
+            self._apply(final_requeue=held)
+        except Exception as exc:  # the store failed: leases come back at the next open
+            log.warning("durableq: could not requeue %d leases at shutdown: %s", len(held), exc)
+        for conn in list(self._consumers):
+            conn.close()
+        self._consumers.clear()
+        self._listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _waitables(self) -> list[Any]:
+        return [self._listener, self._wake_r, *self._consumers]
+
+    def _timeout(self) -> float | None:
+        timeout = None
+        if self._expiry:
+            timeout = max(0.0, self._expiry[0][0] - time.time())
+        if self._waiters:
+            timeout = SAFETY_CHECK if timeout is None else min(timeout, SAFETY_CHECK)
+        return timeout
+
+    # -- input ------------------------------------------------------------------------------
+
+    def _on_ready(self, obj: Any) -> None:
+        if obj is self._listener:
+            conn = w.accept(self._listener)
+            self._consumers[conn] = _Consumer(conn)
+        elif obj == self._wake_r:
+            os.read(self._wake_r, 4096)
+        else:
+            consumer = self._consumers[obj]
+            try:
+                while True:
+                    self._on_frame(consumer, obj.recv())
+                    if consumer.conn.closed or not obj.poll():
+                        break
+            except (EOFError, OSError):
+                self._drop(consumer)
+
+    def _on_frame(self, c: _Consumer, frame: tuple[Any, ...]) -> None:
+        kind = frame[0]
+        if not c.authed:
+            if kind == w.HELLO and frame[1] == self.secret:
+                c.authed, c.pid = True, frame[2]
+            else:
+                c.conn.close()
+                del self._consumers[c.conn]
+            return
+        if kind == w.WANT:
+            self._settle(c, frame[1], ack=True)
+            c.waiting, c.nowait = True, frame[2]
+            self._waiters.append(c)
+        elif kind == w.ACK:
+            self._settle(c, frame[1], ack=True)
+        elif kind == w.NACK:
+            self._settle(c, frame[1], ack=False, requeue=frame[2])
+        elif kind == w.PUT:
+            self._maybe_ready = True
+        elif kind == w.CANCEL:
+            if c.waiting:
+                c.waiting = False
+                self._waiters.remove(c)
+            c.conn.send((w.CANCELLED,))
+        elif kind == w.RPUT:
+            self._reply(c, lambda: self.store.put_many(frame[1]))
+            self._maybe_ready = True
+        elif kind == w.CALL:
+            self._reply(c, lambda: self.call(frame[1]))
+        elif kind == w.JOIN:
+            self._joiners.append(c)
+        elif kind == w.BYE:
+            self._settle(c, frame[1], ack=True)
+            c.said_bye = True
+            self._drop(c)
+
+    def _reply(self, c: _Consumer, fn: Callable[[], Any]) -> None:
+        try:
+            c.conn.send((w.RESULT, fn()))
+        except (EOFError, OSError):
+            raise
+        except Exception as exc:
+            c.conn.send((w.RESULT, None, exc))
+
+    def call(self, name: str) -> Any:
+        """Answer a read for a process that cannot open the store itself."""
+        if name == "qsize":
+            return self.store.counts().ready
+        if name == "empty":
+            return not self.store.has_ready(time.time())
+        if name == "faults":
+            return self.store.faults()
+        if name == "stats":
+            return self.stats()
+        raise ValueError(f"unknown call {name!r}")
+
+    def stats(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        return {
+            "ready": counts.ready,
+            "in_flight": counts.in_flight,
+            "dead": counts.dead,
+            "put_total": counts.put_total,
+            "acked_total": counts.acked_total,
+            "consumers": sum(1 for c in self._consumers.values() if c.authed),
+            "owner_pid": os.getpid(),
+            **vars(self.counters),
+        }
+
+    def _settle(
+        self, c: _Consumer, tokens: list[LeaseToken], *, ack: bool, requeue: bool = True
+    ) -> None:
+        for token in tokens:
+            lease = self._leases.get(token[0])
+            if lease is None or lease[0] != token or lease[1] is not c:
+                self.counters.stale_acks += 1  # expired and handed on, or already settled
+                continue
+            del self._leases[token[0]]
+            del c.held[token[0]]
+            if ack:
+                self._acks.append(lease[0])
+            elif requeue:
+                self._requeue.append(lease[0])
+            else:
+                self._bury.append(lease[0])
+
+    def _drop(self, c: _Consumer) -> None:
+        """A connection ended: without BYE its process (or thread) crashed holding leases."""
+        if c.conn in self._consumers:
+            del self._consumers[c.conn]
+            c.conn.close()
+        if c.waiting:
+            self._waiters.remove(c)
+            c.waiting = False
+        if c in self._joiners:
+            self._joiners.remove(c)
+        if not c.held:
+            return
+        tokens = list(c.held.values())
+        for token in tokens:
+            del self._leases[token.id]
+        c.held.clear()
+        self._requeue.extend(tokens)
+        if not c.said_bye:
+            self.counters.redelivered_after_crash += len(tokens)
+            ids = ", ".join(str(t.id) for t in tokens[:10])
+            self.on_fault(
+                Fault(
+                    "consumer-died",
+                    time.time(),
+                    f"consumer pid {c.pid} exited holding {len(tokens)} message(s) "
+                    f"[{ids}]; requeued for redelivery",
+                )
+            )
+
+    def _expire_leases(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            _, token = self._expiry.popleft()
+            lease = self._leases.get(token.id)
+            if lease is None or lease[0] != token:
+                continue  # settled already
+            del self._leases[token.id]
+            del lease[1].held[token.id]
+            self._requeue.append(token)
+            self.counters.expired_leases += 1
+
+    # -- output -----------------------------------------------------------------------------
+
+    def _apply(self, final_requeue: Sequence[LeaseToken] = ()) -> None:
+        if self._acks:
+            acks, self._acks = self._acks, []
+            self.counters.acked += self.store.ack(acks)
+        requeue = self._requeue + list(final_requeue)
+        if requeue:
+            self._requeue = []
+            self.counters.nacked += self.store.nack(requeue, requeue=True)
+            self._maybe_ready = True
+            if self.take_slot is not None:
+                for _ in requeue:
+                    self.take_slot()
+        if self._bury:
+            bury, self._bury = self._bury, []
+            self.counters.nacked += self.store.nack(bury, requeue=False)
+
+    def _flush(self) -> None:
+        self._apply()
+        if self._waiters and (self._maybe_ready or any(c.nowait for c in self._waiters)):
+            self._deliver()
+        if self._joiners and not self._leases and not self.store.has_ready(float("inf")):
+            for c in self._joiners:
+                self._send(c, (w.JOINED,))
+            self._joiners.clear()
+
+    def _deliver(self) -> None:
+        now = time.time()
+        leased = self.store.lease(self.owner_id, len(self._waiters), now=now, ttl=self.ttl)
+        if len(leased) < len(self._waiters):
+            self._maybe_ready = False
+        for token, payload in leased:
+            c = self._waiters.popleft()
+            c.waiting = False
+            if self.release_slot is not None:
+                self.release_slot()
+            self.counters.delivered += 1
+            if self.ack_on_send:
+                self._acks.append(token)  # at-most-once: settled as it leaves
+            else:
+                self._leases[token.id] = (token, c)
+                c.held[token.id] = token
+                self._expiry.append((now + self.ttl, token))
+            self._send(c, (w.MSG, token, payload))
+        for c in [c for c in self._waiters if c.nowait]:
+            self._waiters.remove(c)
+            c.waiting = False
+            self._send(c, (w.EMPTY,))
+
+    def _send(self, c: _Consumer, frame: tuple[Any, ...]) -> None:
+        try:
+            c.conn.send(frame)
+        except OSError:
+            self._drop(c)

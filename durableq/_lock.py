@@ -1,0 +1,65 @@
+"""The one-owner lock: a POSIX record lock on ``owner.lock`` in the queue directory.
+
+``lockf`` locks belong to the process, are not inherited by fork() and vanish with the
+process however it dies, so a SIGKILLed owner never leaves a stale lock behind. They are
+per process, so a registry also refuses a second owner inside one process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+
+from ._errors import QueueLocked
+
+_owned: set[str] = set()
+_owned_lock = threading.Lock()
+
+
+class OwnerLock:
+    """Held by the process that owns a queue directory, for as long as it owns it."""
+
+    def __init__(self, directory: str, *, wait: bool) -> None:
+        self.path = os.path.join(directory, "owner.lock")
+        self.directory = directory
+        with _owned_lock:
+            if directory in _owned:
+                raise QueueLocked(directory, os.getpid())
+            _owned.add(directory)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = self._read_pid()
+                os.close(self._fd)
+                raise QueueLocked(directory, owner) from None
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+        except BaseException:
+            with _owned_lock:
+                _owned.discard(directory)
+            raise
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(os.pread(self._fd, 32, 0) or b"0") or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        with _owned_lock:
+            if self.directory not in _owned:
+                return
+            _owned.discard(self.directory)
+        os.close(self._fd)  # closing drops the lockf lock
+
+
+def owner_pid(directory: str) -> int | None:
+    """The pid recorded by the current or last owner of ``directory``, if any."""
+    try:
+        with open(os.path.join(directory, "owner.lock"), "rb") as f:
+            return int(f.read(32) or b"0") or None
+    except (OSError, ValueError):
+        return None

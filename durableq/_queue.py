@@ -1,0 +1,471 @@
+"""``Queue``: ``multiprocessing.queues.Queue`` whose every put is committed before it returns.
+
+Differences from the stdlib class it extends (whose pipe and feeder thread go unused):
+
+- ``put`` serializes and commits in the caller, so it raises what it cannot store instead
+  of a feeder thread dropping it later; it returns once the message is durable.
+- ``get`` asks the owner over this thread's own connection; the message stays in flight
+  until acked (``ack=`` mode), and comes back if its consumer dies first.
+- The process that creates the queue owns it: it runs the dispatcher thread that leases
+  messages and applies acks. The queue serves other processes for as long as the owner's
+  object lives (until it is collected or the owner process exits).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.queues
+import multiprocessing.synchronize
+import os
+import queue as pyqueue
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from multiprocessing import util
+from typing import Any, Generic, Literal, TypeVar
+
+from . import _wire as w
+from ._client import Client
+from ._dispatcher import Dispatcher
+from ._errors import ConfigurationError, DurableQError, StoreError
+from ._lock import OwnerLock
+from ._records import Fault, LeaseToken
+from ._serializer import Serializer, get_serializer
+from .store import DiskcacheStore, Store
+
+T = TypeVar("T")
+AckMode = Literal["auto", "manual", "on_get"]
+_ACK_MODES = ("auto", "manual", "on_get")
+_UNBOUNDED: int = multiprocessing.synchronize.SEM_VALUE_MAX  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every process using the queue needs; pickled along with the stdlib state."""
+
+    address: str | bytes
+    secret: bytes
+    path: str
+    owner_pid: int
+    ack: str
+    serializer: Serializer
+    fault: Any  # multiprocessing.Event
+    store: Store | None  # None when the store cannot be opened outside the owner
+
+
+class Message(Generic[T]):
+    """A delivered message, in flight until ``ack()`` or ``nack()``.
+
+    As a context manager it acks when the block succeeds and nacks (requeue) on exception.
+    """
+
+    __slots__ = ("_client", "_settled", "attempts", "body", "id", "token")
+
+    def __init__(self, client: Client, token: LeaseToken, body: T) -> None:
+        self._client = client
+        self._settled = False
+        self.token = token
+        self.id: int = token.id
+        self.attempts: int = token.attempt
+        self.body: T = body
+
+    def _settle(self) -> None:
+        if self._settled:
+            raise ValueError(f"message {self.id} was already acked or nacked")
+        self._settled = True
+
+    def ack(self) -> None:
+        """Finish the message: it is never delivered again."""
+        self._settle()
+        self._client.ack([self.token])
+
+    def nack(self, requeue: bool = True) -> None:
+        """Give the message back: ready again (``requeue``) or dead, kept for inspection."""
+        self._settle()
+        self._client.nack([self.token], requeue)
+
+    def __enter__(self) -> Message[T]:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._settled:
+            if exc_type is None:
+                self.ack()
+            else:
+                self.nack(requeue=True)
+
+    def __repr__(self) -> str:
+        return f"<Message id={self.id} attempts={self.attempts} body={self.body!r}>"
+
+
+class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
+    """A drop-in ``multiprocessing.Queue`` with at-least-once delivery.
+
+    Args:
+        maxsize: as for ``multiprocessing.Queue``; 0 means unbounded.
+        path: queue directory; ``None`` makes a private temporary one, removed when the
+            owner shuts down. Reopening a path delivers whatever was not acked.
+        ctx: a multiprocessing context (default: the current one).
+        ack: ``"auto"`` acks a consumer's message when it calls ``get()`` again, calls
+            ``task_done()`` or exits cleanly; ``"manual"`` hands out ``Message`` objects
+            through ``get_message()``; ``"on_get"`` is at-most-once, like mp.Queue.
+        sync: ``"normal"`` survives process crashes, ``"full"`` also power loss (fsync).
+        serializer: ``"auto"`` (msgpack, pickle fallback), ``"msgpack"`` or ``"pickle"``.
+        visibility_timeout: seconds a consumer may hold a message before it is redelivered.
+        wait_for_owner: wait for the current owner of ``path`` to exit instead of raising
+            ``QueueLocked``.
+        store: a ``Store`` to use instead of ``DiskcacheStore(path)``.
+
+    Raises:
+        QueueLocked: another live process owns ``path``.
+        ConfigurationError: contradictory or invalid options.
+    """
+
+    # Set by multiprocessing.queues.Queue.__init__ (untyped in typeshed).
+    _maxsize: int
+    _sem: Any
+    _closed: bool
+
+    def __init__(
+        self,
+        maxsize: int = 0,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        ctx: Any = None,
+        ack: AckMode = "auto",
+        sync: str = "normal",
+        serializer: str | Serializer = "auto",
+        visibility_timeout: float = 60.0,
+        wait_for_owner: bool = False,
+        store: Store | None = None,
+    ) -> None:
+        if ack not in _ACK_MODES:
+            raise ConfigurationError(f"ack must be one of {_ACK_MODES}, not {ack!r}")
+        if not visibility_timeout > 0:
+            raise ConfigurationError(f"visibility_timeout must be > 0, not {visibility_timeout!r}")
+        if store is not None and path is not None:
+            raise ConfigurationError("pass path= or store=, not both")
+        if not isinstance(maxsize, int):
+            raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
+        codec = get_serializer(serializer)
+        ctx = ctx or multiprocessing.get_context()
+        super().__init__(maxsize, ctx=ctx)
+
+        tmpdir = None
+        if store is None:
+            if path is None:
+                path = tmpdir = tempfile.mkdtemp(prefix="durableq-")
+            lock_dir = os.path.abspath(os.fspath(path))
+            os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        else:
+            lock_dir = getattr(store, "path", "")
+        lock = OwnerLock(lock_dir, wait=wait_for_owner) if lock_dir else None
+        try:
+            if store is None:
+                store = DiskcacheStore(lock_dir, sync=sync)
+            elif not isinstance(store, Store):
+                raise TypeError(f"store must implement durableq.Store, not {type(store).__name__}")
+            store.requeue_expired(float("inf"))  # leases of earlier owners: all of them died
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+        self._shared = _Shared(
+            address=w.new_address(),
+            secret=os.urandom(32),
+            path=lock_dir or repr(store),
+            owner_pid=os.getpid(),
+            ack=ack,
+            serializer=codec,
+            fault=ctx.Event(),
+            store=store if store.shared else None,
+        )
+        self._owner_store = store
+        self._faults: list[Fault] = []
+        bounded = self._bounded
+        if bounded:
+            for _ in range(min(store.counts().ready, self._maxsize)):
+                self._sem.acquire(False)
+        self._dispatcher = Dispatcher(
+            store,
+            address=self._shared.address,
+            secret=self._shared.secret,
+            visibility_timeout=visibility_timeout,
+            ack_on_send=ack == "on_get",
+            on_fault=self._record_fault,
+            release_slot=self._release_slot if bounded else None,
+            take_slot=(lambda: self._sem.acquire(False)) if bounded else None,
+            name=os.path.basename(lock_dir) if lock_dir else "memory",
+        )
+        self._dispatcher.start()
+        self._shutdown = util.Finalize(
+            self, _shutdown_owner, args=(self._dispatcher, store, lock, tmpdir), exitpriority=-10
+        )
+        self._init_local()
+
+    # Only weak references from here on: the dispatcher must not keep the queue alive.
+    @property
+    def _bounded(self) -> bool:
+        return bool(self._maxsize != _UNBOUNDED)
+
+    def _is_owner(self) -> bool:
+        return self._dispatcher is not None and os.getpid() == self._shared.owner_pid
+
+    def _release_slot(self) -> None:
+        if not self._bounded:
+            return
+        try:
+            self._sem.release()
+        except ValueError:
+            pass  # a requeue already over-filled the slots: nothing to give back
+
+    def _record_fault(self, fault: Fault) -> None:
+        self._faults.append(fault)
+        self._shared.fault.set()
+        self._owner_store.record_fault(fault)
+
+    def _init_local(self) -> None:
+        self._local = threading.local()
+        self._clients: weakref.WeakSet[Client] = weakref.WeakSet()
+        util.register_after_fork(self, type(self)._forget_clients)
+
+    def _forget_clients(self) -> None:
+        for client in list(self._clients):
+            client.forget()
+        self._local = threading.local()
+        self._clients = weakref.WeakSet()
+
+    def __getstate__(self) -> tuple[Any, ...]:  # type: ignore[override]
+        return (*super().__getstate__(), self._shared)  # type: ignore[misc]
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:  # type: ignore[override]
+        super().__setstate__(state[:-1])  # type: ignore[arg-type]
+        self._shared = state[-1]
+        self._dispatcher = None  # type: ignore[assignment]
+        self._faults = []
+        self._init_local()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _client(self) -> Client:
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None or client.pid != os.getpid():
+            s = self._shared
+            client = Client(s.address, s.secret, s.path, s.owner_pid)
+            self._local.client = client
+            self._clients.add(client)
+        return client
+
+    def _store(self) -> Store | None:
+        """The store, when this process may use it directly."""
+        if self._is_owner():
+            return self._owner_store
+        return self._shared.store
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+
+    def _commit(self, payloads: list[bytes]) -> None:
+        store = self._store()
+        client = self._client()
+        if store is None:
+            client.call(w.RPUT, payloads)
+            return
+        try:
+            store.put_many(payloads)
+        except StoreError as exc:
+            self._shared.fault.set()
+            self._faults.append(Fault("store-failed", time.time(), str(exc)))
+            raise
+        client.notify_put(len(payloads))
+
+    # -- producing ----------------------------------------------------------------------------
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Commit ``obj``; return once it is durable.
+
+        Raises:
+            ValueError: the queue is closed in this process.
+            queue.Full: bounded queue still full after ``timeout``.
+            StoreError: the store failed; nothing was stored.
+            TypeError: ``serializer="msgpack"`` and ``obj`` is not plain data.
+        """
+        self._check_open()
+        payload = self._shared.serializer.dumps(obj)
+        if self._bounded and not self._sem.acquire(block, timeout):
+            raise pyqueue.Full
+        try:
+            self._commit([payload])
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def put_many(self, items: Iterable[Any]) -> None:
+        """Commit every item of ``items`` in one transaction; all or none are stored."""
+        self._check_open()
+        dumps = self._shared.serializer.dumps
+        payloads = [dumps(obj) for obj in items]
+        if not payloads:
+            return
+        taken = 0
+        try:
+            for _ in payloads if self._bounded else ():
+                self._sem.acquire()
+                taken += 1
+            self._commit(payloads)
+        except BaseException:
+            for _ in range(taken):
+                self._release_slot()
+            raise
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def _take(self, block: bool, timeout: float | None, held: list[LeaseToken]) -> Message[Any]:
+        self._check_open()
+        client = self._client()
+        token, payload = client.want(held, block, timeout)
+        try:
+            body = self._shared.serializer.loads(payload)
+        except Exception as exc:
+            client.nack([token], requeue=False)  # kept as dead, never silently dropped
+            raise DurableQError(
+                f"message {token.id} cannot be deserialized here ({exc!r}); it was moved to dead"
+            ) from exc
+        return Message(client, token, body)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Remove and return an item, as ``multiprocessing.Queue.get``.
+
+        In ``ack="auto"`` mode the item stays in flight until this consumer calls ``get()``
+        again or exits cleanly; if it dies first, the item is delivered again.
+        """
+        if self._shared.ack == "manual":
+            raise ValueError('ack="manual": use get_message() and ack() each message')
+        client = self._client()
+        msg = self._take(block, timeout, client.link.pending_acks)
+        if self._shared.ack == "auto":
+            self._hold(client, msg.token)
+        return msg.body
+
+    def _hold(self, client: Client, token: LeaseToken) -> None:
+        client.link.pending_acks = [token]
+
+    def get_message(self, block: bool = True, timeout: float | None = None) -> Message[Any]:
+        """Return the next ``Message``; it stays in flight until acked or nacked."""
+        return self._take(block, timeout, [])
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _read(self, name: str) -> Any:
+        store = self._store()
+        if store is None:
+            return self._client().call(w.CALL, name)
+        if name == "qsize":
+            return store.counts().ready
+        if name == "empty":
+            return not store.has_ready(time.time())
+        return store.faults()
+
+    def qsize(self) -> int:
+        """Messages ready for delivery (not counting those in flight)."""
+        return int(self._read("qsize"))
+
+    def empty(self) -> bool:
+        return bool(self._read("empty"))
+
+    def full(self) -> bool:
+        return self._bounded and bool(self._sem._semlock._is_zero())
+
+    @property
+    def fault(self) -> Any:
+        """A ``multiprocessing.Event`` set when the store fails, the owner's thread dies or a
+        consumer dies holding messages."""
+        return self._shared.fault
+
+    def faults(self) -> list[Fault]:
+        """What set ``fault``: the store's durable log plus this process's own failures."""
+        try:
+            logged = list(self._read("faults"))
+        except DurableQError:
+            logged = []
+        return logged + [f for f in self._faults if f not in logged]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts (``ready``, ``in_flight``, ``dead``), totals and the owner's counters."""
+        if self._is_owner():
+            return self._dispatcher.stats()
+        return dict(self._client().call(w.CALL, "stats"))
+
+    @property
+    def path(self) -> str:
+        return self._shared.path
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """This process will neither put nor get any more; its held items are acked (auto).
+
+        In the owner the queue keeps serving other processes until the owner's object is
+        collected or its process exits.
+        """
+        super().close()
+        for client in list(self._clients):
+            client.bye()
+
+    def __repr__(self) -> str:
+        return f"<durableq.{type(self).__name__} {self._shared.path}>"
+
+
+class JoinableQueue(Queue):
+    """``Queue`` with ``task_done()`` and ``join()``; a message is acked by ``task_done()``."""
+
+    def _hold(self, client: Client, token: LeaseToken) -> None:
+        held: list[LeaseToken] = getattr(self._local, "held", None) or []
+        held.append(token)
+        self._local.held = held
+        client.link.pending_acks = list(held)  # acked if the consumer exits cleanly
+
+    def task_done(self) -> None:
+        """Ack the oldest item this consumer got and has not yet marked done."""
+        held: list[LeaseToken] = getattr(self._local, "held", None) or []
+        if not held:
+            raise ValueError("task_done() called too many times")
+        token = held.pop(0)
+        client = self._client()
+        client.link.pending_acks = list(held)
+        client.ack([token])
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if self._shared.ack == "manual":
+            raise ValueError('ack="manual": use get_message() and ack() each message')
+        client = self._client()
+        pending = client.link.pending_acks
+        client.link.pending_acks = []  # JoinableQueue acks on task_done, not on get
+        try:
+            msg = self._take(block, timeout, [])
+        finally:
+            client.link.pending_acks = pending
+        if self._shared.ack == "auto":
+            self._hold(client, msg.token)
+        return msg.body
+
+    def join(self) -> None:
+        """Block until every item put has been acked (marked done)."""
+        self._client().join()
+
+
+def _shutdown_owner(
+    dispatcher: Dispatcher, store: Store, lock: OwnerLock | None, tmpdir: str | None
+) -> None:
+    dispatcher.stop(timeout=10.0)
+    store.close()
+    if lock is not None:
+        lock.release()
+    if tmpdir is not None:
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -1,0 +1,67 @@
+"""What consumers, producers and the owner say to each other over their connection.
+
+Each thread of each process that uses a queue has its own connection to the owner (a Unix
+socket carrying ``multiprocessing.connection`` frames): no lock is shared between processes,
+so a process killed mid-call cannot wedge anyone else, and the owner tells a crash (the
+socket closes without ``BYE``) from a clean exit.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from multiprocessing.connection import Connection
+from typing import Final
+
+# client -> owner
+HELLO: Final = 1     # (HELLO, secret, pid)                       first frame, no reply
+WANT: Final = 2      # (WANT, acks, nowait)                       reply MSG, or EMPTY if nowait
+CANCEL: Final = 3    # (CANCEL,)                                  reply CANCELLED (after any MSG)
+ACK: Final = 4       # (ACK, tokens)                              no reply
+NACK: Final = 5      # (NACK, tokens, requeue)                    no reply
+PUT: Final = 6       # (PUT, n)        n messages were committed: no reply
+RPUT: Final = 7      # (RPUT, payloads)  commit for me (store not shared): reply RESULT ids
+CALL: Final = 8      # (CALL, name)    stats / qsize / empty / faults: reply RESULT
+JOIN: Final = 9      # (JOIN,)         reply JOINED once nothing is unacked
+BYE: Final = 10      # (BYE, acks)     clean exit: ack these, requeue the rest held
+
+# owner -> client
+MSG: Final = 20       # (MSG, token, payload)
+EMPTY: Final = 21     # (EMPTY,)
+CANCELLED: Final = 22 # (CANCELLED,)
+RESULT: Final = 23    # (RESULT, value) or (RESULT, None, exception)
+JOINED: Final = 24    # (JOINED,)
+
+
+def new_address() -> str | bytes:
+    """A fresh socket address: Linux's abstract namespace (no file to clean up), else a path."""
+    tag = os.urandom(8).hex()
+    if sys.platform.startswith("linux"):
+        return f"\0durableq-{os.getpid()}-{tag}"
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"dq-{tag}.sock")
+
+
+def listen(address: str | bytes) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(address)
+    sock.listen(128)
+    return sock
+
+
+def connect(address: str | bytes) -> Connection:
+    """Connect to the owner; raises OSError when nobody listens."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return Connection(sock.detach())
+
+
+def accept(listener: socket.socket) -> Connection:
+    sock, _ = listener.accept()
+    return Connection(sock.detach())

@@ -1,0 +1,76 @@
+"""The ``Store`` protocol: bytes in, bytes out, a few atomic verbs, one transaction each.
+
+The queue owns serialization, leases in memory and policy; a store owns only durable state.
+Stores: ``DiskcacheStore`` (default, embedded SQLite through diskcache) and ``MemoryStore``
+(in-process reference and benchmark baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Protocol, runtime_checkable
+
+from .._records import Counts, Fault, Leased, LeaseToken, Priority
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable message state. Every method is atomic: it fully happens or not at all.
+
+    ``shared`` says whether the store may be pickled into another process and used there
+    directly (diskcache reopens by path); a store that is not shared is reached by other
+    processes through the owner.
+    """
+
+    shared: ClassVar[bool]
+
+    def put_many(
+        self, payloads: Sequence[bytes], *, priority: int = Priority.MEDIUM, due: float = 0.0
+    ) -> list[int]:
+        """Commit ``payloads`` as ready messages in one transaction; return their ids in order."""
+        ...
+
+    def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
+        """Move up to ``n`` ready messages, in (priority, due, id) order, to in-flight.
+
+        Each lease increments the message's attempt count, which becomes its token's attempt.
+        """
+        ...
+
+    def ack(self, tokens: Sequence[LeaseToken]) -> int:
+        """Finish the leased messages; stale tokens are ignored. Returns how many applied."""
+        ...
+
+    def nack(self, tokens: Sequence[LeaseToken], *, requeue: bool) -> int:
+        """Return leased messages to ready (``requeue``) or to dead; stale tokens are ignored."""
+        ...
+
+    def requeue_expired(self, now: float) -> int:
+        """Return every in-flight message whose lease expired before ``now`` to ready."""
+        ...
+
+    def has_ready(self, now: float) -> bool:
+        """Whether a message is ready for delivery."""
+        ...
+
+    def counts(self) -> Counts:
+        """Counts per state and lifetime totals."""
+        ...
+
+    def record_fault(self, fault: Fault) -> None:
+        """Append ``fault`` to the durable fault log (best effort: never raises)."""
+        ...
+
+    def faults(self, limit: int = 100) -> list[Fault]:
+        """The most recent faults, oldest first."""
+        ...
+
+    def close(self) -> None:
+        """Release connections held by this process."""
+        ...
+
+
+from ._diskcache import DiskcacheStore  # noqa: E402
+from ._memory import MemoryStore  # noqa: E402
+
+__all__ = ["DiskcacheStore", "MemoryStore", "Store"]

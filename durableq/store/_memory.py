@@ -1,0 +1,131 @@
+"""The in-process reference store: the contract in ~100 lines, and the benchmark baseline.
+
+Nothing here survives the process; other processes reach it through the queue's owner.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .._records import Counts, Fault, Leased, LeaseToken, Priority, State
+
+
+@dataclass(slots=True)
+class _Record:
+    id: int
+    priority: int
+    due: float
+    payload: bytes
+    state: State = State.READY
+    attempts: int = 0
+    lease_expiry: float = 0.0
+
+
+class MemoryStore:
+    """Messages in a dict and a heap, guarded by one lock."""
+
+    shared: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[int, _Record] = {}
+        self._ready: list[tuple[int, float, int]] = []  # heap of (priority, due, id)
+        self._next_id = 1
+        self._acked_total = 0
+        self._faults: list[Fault] = []
+
+    def put_many(
+        self, payloads: Sequence[bytes], *, priority: int = Priority.MEDIUM, due: float = 0.0
+    ) -> list[int]:
+        with self._lock:
+            ids = list(range(self._next_id, self._next_id + len(payloads)))
+            self._next_id += len(payloads)
+            for id_, payload in zip(ids, payloads, strict=True):
+                self._records[id_] = _Record(id_, int(priority), due, bytes(payload))
+                heapq.heappush(self._ready, (int(priority), due, id_))
+        return ids
+
+    def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
+        out: list[Leased] = []
+        with self._lock:
+            while self._ready and len(out) < n and self._ready[0][1] <= now:
+                _, _, id_ = heapq.heappop(self._ready)
+                rec = self._records[id_]
+                rec.state, rec.lease_expiry = State.IN_FLIGHT, now + ttl
+                rec.attempts += 1
+                out.append(Leased(LeaseToken(id_, rec.attempts), rec.payload))
+        return out
+
+    def _leased(self, token: LeaseToken) -> _Record | None:
+        rec = self._records.get(token.id)
+        if rec is None or rec.state != State.IN_FLIGHT or rec.attempts != token.attempt:
+            return None
+        return rec
+
+    def ack(self, tokens: Sequence[LeaseToken]) -> int:
+        applied = 0
+        with self._lock:
+            for token in tokens:
+                if self._leased(token) is not None:
+                    del self._records[token.id]
+                    applied += 1
+            self._acked_total += applied
+        return applied
+
+    def nack(self, tokens: Sequence[LeaseToken], *, requeue: bool) -> int:
+        applied = 0
+        with self._lock:
+            for token in tokens:
+                rec = self._leased(token)
+                if rec is not None:
+                    self._release(rec, State.READY if requeue else State.DEAD)
+                    applied += 1
+        return applied
+
+    def _release(self, rec: _Record, state: State) -> None:
+        rec.state = state
+        if state == State.READY:
+            heapq.heappush(self._ready, (rec.priority, rec.due, rec.id))
+
+    def requeue_expired(self, now: float) -> int:
+        with self._lock:
+            expired = [
+                r for r in self._records.values()
+                if r.state == State.IN_FLIGHT and r.lease_expiry < now
+            ]
+            for rec in expired:
+                self._release(rec, State.READY)
+        return len(expired)
+
+    def has_ready(self, now: float) -> bool:
+        with self._lock:
+            return bool(self._ready) and self._ready[0][1] <= now
+
+    def counts(self) -> Counts:
+        with self._lock:
+            states = [r.state for r in self._records.values()]
+            return Counts(
+                ready=states.count(State.READY),
+                in_flight=states.count(State.IN_FLIGHT),
+                dead=states.count(State.DEAD),
+                put_total=self._next_id - 1,
+                acked_total=self._acked_total,
+            )
+
+    def record_fault(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def faults(self, limit: int = 100) -> list[Fault]:
+        with self._lock:
+            return self._faults[-limit:]
+
+    def close(self) -> None:
+        """Nothing to release: the records live as long as this object."""
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(<{len(self._records)} records>)"
