@@ -2,12 +2,17 @@
 
 A client is created lazily per (process, thread). It never shares a lock with another
 process, so a SIGKILL anywhere cannot wedge the others; when its thread or process ends
-cleanly it says ``BYE`` (acking what auto mode holds), and a connection that closes without
+cleanly it says ``BYE`` (acking what it finished), and a connection that closes without
 ``BYE`` tells the owner that its holder crashed.
+
+Speed comes from not waiting: messages arrive in batches into a local buffer (the batch
+grows while the consumer keeps up and falls back to one when it is slow, so a slow consumer
+does not sit on work others could do), and acks travel back in batches, one-way.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import queue as pyqueue
 import time
@@ -19,16 +24,26 @@ from . import _wire as w
 from ._errors import OwnerGone
 from ._records import LeaseToken
 
+#: Most messages a consumer may hold unread. More saves round trips for tiny messages, but
+#: a message in one consumer's buffer waits for it even while another consumer is idle.
+PREFETCH_MAX = 256
+#: A batch that emptied sooner than this means the consumer is fast: double the next one.
+FAST_REFILL = 0.005
+#: Acks are held back at most this many, or this long, while messages flow from the buffer.
+ACK_BATCH = 128
+ACK_DELAY = 0.010
+
 
 class _Link:
     """What the exit finalizer needs, without a reference back to the client."""
 
-    __slots__ = ("conn", "pending_acks", "pid")
+    __slots__ = ("acks", "conn", "pid", "settle_on_exit")
 
     def __init__(self) -> None:
         self.conn: Connection | None = None
         self.pid = os.getpid()
-        self.pending_acks: list[LeaseToken] = []
+        self.acks: list[LeaseToken] = []  # finished, not yet sent
+        self.settle_on_exit: list[LeaseToken] = []  # delivered, acked by a clean exit
 
 
 def _say_bye(link: _Link) -> None:
@@ -36,11 +51,11 @@ def _say_bye(link: _Link) -> None:
     if conn is None or link.pid != os.getpid() or conn.closed:
         return
     try:
-        conn.send((w.BYE, link.pending_acks))
+        conn.send((w.BYE, link.acks + link.settle_on_exit))
     except OSError:
         pass  # the owner is gone: what we held is redelivered when the queue is reopened
     finally:
-        link.pending_acks = []
+        link.acks, link.settle_on_exit = [], []
         conn.close()
         link.conn = None
 
@@ -48,13 +63,20 @@ def _say_bye(link: _Link) -> None:
 class Client:
     """A thread's session with the owner."""
 
-    def __init__(self, address: str | bytes, secret: bytes, path: str, owner_pid: int) -> None:
+    def __init__(
+        self, address: str | bytes, secret: bytes, path: str, owner_pid: int, hungry: Any
+    ) -> None:
+        self.hungry = hungry
         self.address = address
         self.secret = secret
         self.path = path
         self.owner_pid = owner_pid
         self.link = _Link()
         self.pid = self.link.pid
+        self._buffer: collections.deque[tuple[LeaseToken, bytes]] = collections.deque()
+        self._credit = 1
+        self._refilled = 0.0
+        self._acks_sent = 0.0
         # Runs when this client is collected (its thread ended) or at clean process exit,
         # before the owner itself stops (exitpriority -10).
         util.Finalize(self, _say_bye, args=(self.link,), exitpriority=10)
@@ -86,7 +108,16 @@ class Client:
             self._lost()
             raise OwnerGone(self.path, self.owner_pid) from exc
 
+    def _poll(self, timeout: float) -> bool:
+        try:
+            return self._conn().poll(max(0.0, timeout))
+        except (EOFError, OSError) as exc:
+            self._lost()
+            raise OwnerGone(self.path, self.owner_pid) from exc
+
     def _lost(self) -> None:
+        # Whatever was buffered is the owner's again (it requeues on our EOF).
+        self._buffer.clear()
         if self.link.conn is not None:
             self.link.conn.close()
             self.link.conn = None
@@ -94,23 +125,36 @@ class Client:
     def forget(self) -> None:
         """Drop a connection inherited through fork() without telling the owner anything."""
         conn, self.link.conn = self.link.conn, None
+        self._buffer.clear()
         if conn is not None:
             conn.close()
 
     def bye(self) -> None:
+        self._buffer.clear()
         _say_bye(self.link)
 
     # -- verbs ------------------------------------------------------------------------------
 
     def notify_put(self, n: int) -> None:
         """Tell the owner that ``n`` messages are committed. Best effort: they are durable."""
+        if not self.hungry.value:
+            return  # no consumer waits: the next WANT looks at the store anyway
         try:
             self.send((w.PUT, n))
         except OwnerGone:
             pass
 
-    def ack(self, tokens: list[LeaseToken]) -> None:
-        self.send((w.ACK, tokens))
+    def ack(self, tokens: list[LeaseToken], *, now: bool = True) -> None:
+        """Queue acks; send them at once (``now``) or with the next batch."""
+        self.link.acks.extend(tokens)
+        if now or len(self.link.acks) >= ACK_BATCH:
+            self.flush_acks()
+
+    def flush_acks(self) -> None:
+        if self.link.acks:
+            acks, self.link.acks = self.link.acks, []
+            self.send((w.ACK, acks))
+        self._acks_sent = time.monotonic()
 
     def nack(self, tokens: list[LeaseToken], requeue: bool) -> None:
         self.send((w.NACK, tokens, requeue))
@@ -123,46 +167,47 @@ class Client:
         return reply[1]
 
     def join(self) -> None:
+        self.flush_acks()
         self.send((w.JOIN,))
         self.recv()
 
-    def want(
-        self, acks: list[LeaseToken], block: bool, timeout: float | None
-    ) -> tuple[LeaseToken, bytes]:
-        """Get one message, acking ``acks`` on the way; raises ``queue.Empty``."""
-        self.link.pending_acks = []
-        if not block:
-            self.send((w.WANT, acks, True))
-            reply = self.recv()
-            if reply[0] == w.EMPTY:
-                raise pyqueue.Empty
-            return reply[1], reply[2]
-        self.send((w.WANT, acks, False))
-        if timeout is not None:
-            deadline = time.monotonic() + timeout
+    def take(self, block: bool, timeout: float | None) -> tuple[LeaseToken, bytes]:
+        """Return the next message for this consumer; raises ``queue.Empty``."""
+        if self._buffer:
+            if self.link.acks and time.monotonic() - self._acks_sent > ACK_DELAY:
+                self.flush_acks()
+            return self._buffer.popleft()
+        now = time.monotonic()
+        fast = now - self._refilled < FAST_REFILL
+        self._credit = min(self._credit * 2, PREFETCH_MAX) if fast else 1
+        acks, self.link.acks = self.link.acks, []
+        self._acks_sent = now
+        self.send((w.WANT, self._credit, acks, not block))
+        if block and timeout is not None:
+            deadline = now + timeout
             while not self._poll(deadline - time.monotonic()):
                 if time.monotonic() >= deadline:
                     return self._cancel()
         reply = self.recv()
-        return reply[1], reply[2]
+        if reply[0] == w.EMPTY:
+            raise pyqueue.Empty
+        return self._refill(reply[1])
 
-    def _poll(self, timeout: float) -> bool:
-        try:
-            return self._conn().poll(max(0.0, timeout))
-        except (EOFError, OSError) as exc:
-            self._lost()
-            raise OwnerGone(self.path, self.owner_pid) from exc
+    def _refill(self, batch: list[tuple[LeaseToken, bytes]]) -> tuple[LeaseToken, bytes]:
+        self._refilled = time.monotonic()
+        self._buffer.extend(batch)
+        return self._buffer.popleft()
 
     def _cancel(self) -> tuple[LeaseToken, bytes]:
-        # The owner may have sent a message before it read CANCEL: take it if so.
+        # The owner may have answered before it read CANCEL: keep that batch if so.
         self.send((w.CANCEL,))
-        got: tuple[LeaseToken, bytes] | None = None
+        batch: list[tuple[LeaseToken, bytes]] = []
         while True:
             reply = self.recv()
-            if reply[0] == w.MSG:
-                got = reply[1], reply[2]
+            if reply[0] == w.MSGS:
+                batch = reply[1]
             elif reply[0] == w.CANCELLED:
                 break
-        if got is None:
+        if not batch:
             raise pyqueue.Empty
-        return got
+        return self._refill(batch)

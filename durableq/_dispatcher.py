@@ -4,13 +4,13 @@
 
     PRODUCER (any process/thread)  put(obj) -> serialize -> Store.put_many (committed)
          `-- (PUT, n) on its connection ---------------+           +---------+
-    CONSUMER get() -- (WANT, acks) --------------------+---------> |  STORE  | the only
-                   <-- (MSG, token, payload) ----+     |           +---------+ durable truth
+    CONSUMER get() -- (WANT, n, acks) -----------------+---------> |  STORE  | the only
+                   <-- (MSGS, batch of <= n) ----+     |           +---------+ durable truth
     DISPATCHER THREAD (owner process)            |     v              ^    |
         wait([listener, wakeup, *connections], timeout=next lease expiry)  |
           |-- Store.ack(batch) / Store.nack(batch) ------------------+    |
           |-- Store.lease(n waiting consumers) <---------------------------+
-          |-- send MSG to each waiting consumer -------------------------> (back to CONSUMER)
+          |-- send one MSGS frame to each waiting consumer ----------------> (back to CONSUMER)
           `-- connection closed without BYE: that consumer crashed:
                 Store.nack(its leases, requeue) at once, fault recorded, Event set
 
@@ -53,6 +53,7 @@ class _Consumer:
     authed: bool = False
     held: dict[int, LeaseToken] = field(default_factory=dict)
     waiting: bool = False
+    credit: int = 0
     nowait: bool = False
     said_bye: bool = False
 
@@ -81,6 +82,7 @@ class Dispatcher(threading.Thread):
         on_fault: Callable[[Fault], None],
         release_slot: Callable[[], None] | None,
         take_slot: Callable[[], None] | None,
+        hungry: Any,
         name: str,
     ) -> None:
         super().__init__(name=f"durableq-dispatcher-{name}", daemon=True)
@@ -91,6 +93,7 @@ class Dispatcher(threading.Thread):
         self.on_fault = on_fault
         self.release_slot = release_slot
         self.take_slot = take_slot
+        self.hungry = hungry  # shared byte: 1 while a consumer waits, so producers notify
         self.owner_id = f"{socket.gethostname()}:{os.getpid()}"
         self.counters = _Counters()
         self.stopping = False
@@ -188,9 +191,15 @@ class Dispatcher(threading.Thread):
                 del self._consumers[c.conn]
             return
         if kind == w.WANT:
-            self._settle(c, frame[1], ack=True)
-            c.waiting, c.nowait = True, frame[2]
-            self._waiters.append(c)
+            self._settle(c, frame[2], ack=True)
+            c.credit, c.nowait = max(1, int(frame[1])), bool(frame[3])
+            if not c.waiting:
+                c.waiting = True
+                self._waiters.append(c)
+            # Raise the flag before looking at the store: a producer that commits after our
+            # look reads the flag after its commit, sees it and notifies us.
+            self.hungry.value = 1
+            self._maybe_ready = True
         elif kind == w.ACK:
             self._settle(c, frame[1], ack=True)
         elif kind == w.NACK:
@@ -324,8 +333,9 @@ class Dispatcher(threading.Thread):
 
     def _flush(self) -> None:
         self._apply()
-        if self._waiters and (self._maybe_ready or any(c.nowait for c in self._waiters)):
+        if self._waiters and self._maybe_ready:
             self._deliver()
+        self.hungry.value = 1 if self._waiters else 0
         if self._joiners and not self._leases and not self.store.has_ready(float("inf")):
             for c in self._joiners:
                 self._send(c, (w.JOINED,))
@@ -333,22 +343,30 @@ class Dispatcher(threading.Thread):
 
     def _deliver(self) -> None:
         now = time.time()
-        leased = self.store.lease(self.owner_id, len(self._waiters), now=now, ttl=self.ttl)
-        if len(leased) < len(self._waiters):
+        wanted = sum(c.credit for c in self._waiters)
+        leased = self.store.lease(self.owner_id, wanted, now=now, ttl=self.ttl)
+        if len(leased) < wanted:
             self._maybe_ready = False
-        for token, payload in leased:
+        self.counters.delivered += len(leased)
+        if self.release_slot is not None:
+            for _ in leased:
+                self.release_slot()
+        # Each waiter gets one share in turn, so a small backlog spreads over consumers.
+        start = 0
+        while start < len(leased) and self._waiters:
+            share = max(1, (len(leased) - start) // len(self._waiters))
             c = self._waiters.popleft()
             c.waiting = False
-            if self.release_slot is not None:
-                self.release_slot()
-            self.counters.delivered += 1
-            if self.ack_on_send:
-                self._acks.append(token)  # at-most-once: settled as it leaves
-            else:
-                self._leases[token.id] = (token, c)
-                c.held[token.id] = token
-                self._expiry.append((now + self.ttl, token))
-            self._send(c, (w.MSG, token, payload))
+            batch = leased[start : start + min(share, c.credit)]
+            start += len(batch)
+            for token, _ in batch:
+                if self.ack_on_send:
+                    self._acks.append(token)  # at-most-once: settled as it leaves
+                else:
+                    self._leases[token.id] = (token, c)
+                    c.held[token.id] = token
+                    self._expiry.append((now + self.ttl, token))
+            self._send(c, (w.MSGS, batch))
         for c in [c for c in self._waiters if c.nowait]:
             self._waiters.remove(c)
             c.waiting = False

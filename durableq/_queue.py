@@ -54,6 +54,7 @@ class _Shared:
     ack: str
     serializer: Serializer
     fault: Any  # multiprocessing.Event
+    hungry: Any  # shared byte, 1 while a consumer waits for messages
     store: Store | None  # None when the store cannot be opened outside the owner
 
 
@@ -183,6 +184,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             ack=ack,
             serializer=codec,
             fault=ctx.Event(),
+            hungry=ctx.RawValue("b", 0),
             store=store if store.shared else None,
         )
         self._owner_store = store
@@ -200,6 +202,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             on_fault=self._record_fault,
             release_slot=self._release_slot if bounded else None,
             take_slot=(lambda: self._sem.acquire(False)) if bounded else None,
+            hungry=self._shared.hungry,
             name=os.path.basename(lock_dir) if lock_dir else "memory",
         )
         self._dispatcher.start()
@@ -256,7 +259,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         client: Client | None = getattr(self._local, "client", None)
         if client is None or client.pid != os.getpid():
             s = self._shared
-            client = Client(s.address, s.secret, s.path, s.owner_pid)
+            client = Client(s.address, s.secret, s.path, s.owner_pid, s.hungry)
             self._local.client = client
             self._clients.add(client)
         return client
@@ -326,10 +329,10 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
 
     # -- consuming ----------------------------------------------------------------------------
 
-    def _take(self, block: bool, timeout: float | None, held: list[LeaseToken]) -> Message[Any]:
+    def _take(self, block: bool, timeout: float | None) -> Message[Any]:
         self._check_open()
         client = self._client()
-        token, payload = client.want(held, block, timeout)
+        token, payload = client.take(block, timeout)
         try:
             body = self._shared.serializer.loads(payload)
         except Exception as exc:
@@ -348,17 +351,18 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         if self._shared.ack == "manual":
             raise ValueError('ack="manual": use get_message() and ack() each message')
         client = self._client()
-        msg = self._take(block, timeout, client.link.pending_acks)
         if self._shared.ack == "auto":
-            self._hold(client, msg.token)
+            # The previous item is finished: its ack rides with the next batch.
+            client.ack(client.link.settle_on_exit, now=False)
+            client.link.settle_on_exit = []
+        msg = self._take(block, timeout)
+        if self._shared.ack == "auto":
+            client.link.settle_on_exit = [msg.token]
         return msg.body
-
-    def _hold(self, client: Client, token: LeaseToken) -> None:
-        client.link.pending_acks = [token]
 
     def get_message(self, block: bool = True, timeout: float | None = None) -> Message[Any]:
         """Return the next ``Message``; it stays in flight until acked or nacked."""
-        return self._take(block, timeout, [])
+        return self._take(block, timeout)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -423,36 +427,26 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
 
 
 class JoinableQueue(Queue):
-    """``Queue`` with ``task_done()`` and ``join()``; a message is acked by ``task_done()``."""
-
-    def _hold(self, client: Client, token: LeaseToken) -> None:
-        held: list[LeaseToken] = getattr(self._local, "held", None) or []
-        held.append(token)
-        self._local.held = held
-        client.link.pending_acks = list(held)  # acked if the consumer exits cleanly
+    """``Queue`` with ``task_done()`` and ``join()``; a message is acked by ``task_done()``
+    (or by a clean exit of the consumer holding it)."""
 
     def task_done(self) -> None:
-        """Ack the oldest item this consumer got and has not yet marked done."""
-        held: list[LeaseToken] = getattr(self._local, "held", None) or []
-        if not held:
-            raise ValueError("task_done() called too many times")
-        token = held.pop(0)
+        """Ack the oldest item this consumer got and has not yet marked done.
+
+        Raises:
+            ValueError: called more times than items were got.
+        """
         client = self._client()
-        client.link.pending_acks = list(held)
-        client.ack([token])
+        if not client.link.settle_on_exit:
+            raise ValueError("task_done() called too many times")
+        client.ack([client.link.settle_on_exit.pop(0)])
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         if self._shared.ack == "manual":
             raise ValueError('ack="manual": use get_message() and ack() each message')
-        client = self._client()
-        pending = client.link.pending_acks
-        client.link.pending_acks = []  # JoinableQueue acks on task_done, not on get
-        try:
-            msg = self._take(block, timeout, [])
-        finally:
-            client.link.pending_acks = pending
+        msg = self._take(block, timeout)
         if self._shared.ack == "auto":
-            self._hold(client, msg.token)
+            self._client().link.settle_on_exit.append(msg.token)
         return msg.body
 
     def join(self) -> None:

@@ -1,9 +1,11 @@
 """What consumers, producers and the owner say to each other over their connection.
 
 Each thread of each process that uses a queue has its own connection to the owner (a Unix
-socket carrying ``multiprocessing.connection`` frames): no lock is shared between processes,
-so a process killed mid-call cannot wedge anyone else, and the owner tells a crash (the
-socket closes without ``BYE``) from a clean exit.
+socket carrying ``multiprocessing.connection`` frames). A consumer has at most one ``WANT``
+outstanding; the owner answers it with one frame holding up to ``n`` messages, so a fast
+consumer reads batches from its own buffer instead of paying a round trip per ``get``.
+No lock is shared between processes, so a process killed mid-call cannot wedge anyone else,
+and the owner tells a crash (the socket closes without ``BYE``) from a clean exit.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Final
 
 # client -> owner
 HELLO: Final = 1     # (HELLO, secret, pid)                       first frame, no reply
-WANT: Final = 2      # (WANT, acks, nowait)                       reply MSG, or EMPTY if nowait
-CANCEL: Final = 3    # (CANCEL,)                                  reply CANCELLED (after any MSG)
+WANT: Final = 2      # (WANT, n, acks, nowait)  up to n messages: reply MSGS, or EMPTY if nowait
+CANCEL: Final = 3    # (CANCEL,)                                  reply CANCELLED (after any MSGS)
 ACK: Final = 4       # (ACK, tokens)                              no reply
 NACK: Final = 5      # (NACK, tokens, requeue)                    no reply
 PUT: Final = 6       # (PUT, n)        n messages were committed: no reply
@@ -27,7 +29,7 @@ JOIN: Final = 9      # (JOIN,)         reply JOINED once nothing is unacked
 BYE: Final = 10      # (BYE, acks)     clean exit: ack these, requeue the rest held
 
 # owner -> client
-MSG: Final = 20       # (MSG, token, payload)
+MSGS: Final = 20      # (MSGS, [(token, payload), ...])  one frame answers one WANT
 EMPTY: Final = 21     # (EMPTY,)
 CANCELLED: Final = 22 # (CANCELLED,)
 RESULT: Final = 23    # (RESULT, value) or (RESULT, None, exception)

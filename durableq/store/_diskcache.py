@@ -1,10 +1,19 @@
-"""The embedded store: a diskcache directory whose SQLite database also holds the messages.
+"""The embedded store: a diskcache directory holding the messages, plus the owner's ledger.
 
 diskcache creates and configures the directory (WAL journal, settings, metadata) with
-eviction turned off; messages live in the ``dq_message`` table of the same database, read
-and written with prepared SQL on a per-thread connection because diskcache's key/value
-calls cost ~4x a raw statement (see docs/design.md). Every verb is one ``BEGIN IMMEDIATE``
-transaction: it fully happens or not at all. diskcache types never leave this module.
+eviction turned off. Two SQLite files keep writers apart, so a producer never waits for
+the owner's lock and the owner never waits for a producer's:
+
+- ``cache.db`` (diskcache's database): table ``dq_message``, appended to by producers.
+- ``owner.db``: table ``dq_delivery``, written only by the owner: which messages are in
+  flight, with their attempt counts; which were acked or buried and await collection.
+
+A message is ready when it is in ``dq_message`` with no ledger entry, or with one that
+says it was requeued. Acked rows are removed from ``dq_message`` in batches (a short
+transaction per ``GC_BATCH`` acks), and their ledger entries after that; a crash between
+the two steps only leaves entries that match no message. Messages are read and written with
+prepared SQL on per-thread connections because diskcache's key/value calls cost ~4x a raw
+statement (docs/design.md). diskcache types never leave this module.
 """
 
 from __future__ import annotations
@@ -13,19 +22,30 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 
 import diskcache
 
 from .._errors import ConfigurationError, StoreError, StoreTimeout
 from .._records import Counts, Fault, Leased, LeaseToken, Priority, State
 
+T = TypeVar("T")
+
 FORMAT: Final = 1
 _FORMAT_KEY: Final = "durableq.format"
 _DB: Final = "cache.db"  # diskcache's database file name
+_LEDGER: Final = "owner.db"
 _SYNC: Final = {"normal": "NORMAL", "full": "FULL"}
+#: Acked rows collected per transaction on the message file. Uncollected rows sit at the
+#: head of the delivery order and every lease skips them: small keeps leases cheap, large
+#: takes the producers' lock less often.
+GC_BATCH: Final = 64
+
+_READY, _IN_FLIGHT, _DONE, _DEAD = (
+    int(s) for s in (State.READY, State.IN_FLIGHT, State.DONE, State.DEAD)
+)
 
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS dq_message (
@@ -35,39 +55,43 @@ CREATE TABLE IF NOT EXISTS dq_message (
     due REAL NOT NULL DEFAULT 0,
     key TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    lease_owner TEXT,
-    lease_expiry REAL,
     created REAL NOT NULL,
     body BLOB NOT NULL,
     error BLOB
 );
 CREATE INDEX IF NOT EXISTS dq_message_order ON dq_message (state, priority, due, id);
-CREATE TABLE IF NOT EXISTS dq_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO dq_meta VALUES ('acked_total', 0);
 CREATE TABLE IF NOT EXISTS dq_fault (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
 );
 """
+_LEDGER_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS dq_delivery (
+    id INTEGER PRIMARY KEY, attempts INTEGER NOT NULL, state INTEGER NOT NULL, expiry REAL
+);
+CREATE INDEX IF NOT EXISTS dq_delivery_state ON dq_delivery (state);
+CREATE TABLE IF NOT EXISTS dq_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO dq_meta VALUES ('acked_total', 0);
+"""
 
 _INSERT: Final = (
-    "INSERT INTO dq_message (state, priority, due, created, body) "
-    f"VALUES ({int(State.READY)}, ?, ?, ?, ?)"
+    f"INSERT INTO dq_message (state, priority, due, created, body) VALUES ({_READY}, ?, ?, ?, ?)"
 )
-_LEASE: Final = f"""
-UPDATE dq_message
-   SET state = {int(State.IN_FLIGHT)}, attempts = attempts + 1, lease_owner = ?, lease_expiry = ?
- WHERE id IN (SELECT id FROM dq_message
-               WHERE state = {int(State.READY)} AND due <= ?
-               ORDER BY priority, due, id LIMIT ?)
-RETURNING priority, due, id, attempts, body
+# Run on the ledger connection, with the message file attached as "q".
+_CANDIDATES: Final = f"""
+SELECT m.id, coalesce(d.attempts, m.attempts), m.body
+  FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
+ WHERE m.state = {_READY} AND m.due <= ? AND (d.state IS NULL OR d.state = {_READY})
+ ORDER BY m.priority, m.due, m.id LIMIT ?
 """
-_ACK: Final = (
-    f"DELETE FROM dq_message WHERE id = ? AND attempts = ? AND state = {int(State.IN_FLIGHT)}"
+_LEASE: Final = f"INSERT OR REPLACE INTO dq_delivery VALUES (?, ?, {_IN_FLIGHT}, ?)"
+_SETTLE: Final = (
+    "UPDATE dq_delivery SET state = ?, expiry = NULL "
+    f"WHERE id = ? AND attempts = ? AND state = {_IN_FLIGHT}"
 )
-_NACK: Final = (
-    "UPDATE dq_message SET state = ?, lease_owner = NULL, lease_expiry = NULL "
-    f"WHERE id = ? AND attempts = ? AND state = {int(State.IN_FLIGHT)}"
-)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 class DiskcacheStore:
@@ -78,7 +102,7 @@ class DiskcacheStore:
         path: the queue directory, created 0700 when missing.
         sync: ``"normal"`` survives process crashes; ``"full"`` fsyncs every commit.
         size_limit: passed to diskcache; eviction is always off, so it never drops a message.
-        timeout: seconds to wait for the database write lock before ``StoreTimeout``.
+        timeout: seconds to wait for a database write lock before ``StoreTimeout``.
     """
 
     shared: ClassVar[bool] = True
@@ -97,6 +121,7 @@ class DiskcacheStore:
         self.sync = sync
         self.timeout = timeout
         self._local = threading.local()
+        self._uncollected = 0
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         try:
             # Never evict: a queue that drops work loses data, whatever size_limit says.
@@ -116,129 +141,235 @@ class DiskcacheStore:
                 raise ConfigurationError(
                     f"{self.path} holds queue format {stored!r}; this durableq reads {FORMAT}"
                 )
-            self._connection().executescript(_SCHEMA)
+            self._messages().executescript(_SCHEMA)
+            self._ledger().executescript(_LEDGER_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open queue store {self.path}: {exc}") from exc
 
     # -- connections and transactions -------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        local = self._local
-        con: sqlite3.Connection | None = getattr(local, "con", None)
-        if con is None or local.pid != os.getpid():
-            # A connection must never cross fork(): open a fresh one in each process.
-            con = sqlite3.connect(
-                os.path.join(self.path, _DB),
-                timeout=self.timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            con.execute("PRAGMA journal_mode = WAL")
-            con.execute(f"PRAGMA synchronous = {_SYNC[self.sync]}")
-            local.con, local.pid = con, os.getpid()
+    def _connect(self, name: str) -> sqlite3.Connection:
+        con = sqlite3.connect(
+            os.path.join(self.path, name),
+            timeout=0,  # busy: handled by _busy_retry, far finer than SQLite's 1 ms naps
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        con.execute("PRAGMA journal_mode = WAL")
+        con.execute(f"PRAGMA synchronous = {_SYNC[self.sync]}")
         return con
 
+    def _connections(self) -> Any:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            # A connection must never cross fork(): open fresh ones in each process.
+            local.pid, local.messages, local.ledger = os.getpid(), None, None
+        return local
+
+    def _messages(self) -> sqlite3.Connection:
+        """The message file: producers append here."""
+        local = self._connections()
+        if local.messages is None:
+            local.messages = self._connect(_DB)
+        return local.messages  # type: ignore[no-any-return]
+
+    def _ledger(self) -> sqlite3.Connection:
+        """The owner's ledger, with the message file attached read-mostly as ``q``."""
+        local = self._connections()
+        if local.ledger is None:
+            con = self._connect(_LEDGER)
+            con.execute("ATTACH DATABASE ? AS q", (os.path.join(self.path, _DB),))
+            local.ledger = con
+        return local.ledger  # type: ignore[no-any-return]
+
+    def _busy_retry(self, step: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``, retrying while another connection holds the lock.
+
+        SQLite's own busy handler naps 1, 2, 5, 10... ms; a collision with another short
+        transaction would lose milliseconds. Retrying from 20 us up, bounded by ``timeout``,
+        keeps a collision near the length of the other transaction.
+        """
+        delay, deadline = 20e-6, 0.0
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise self._error(step, exc) from exc
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self.timeout
+                elif now >= deadline:
+                    raise self._error(step, exc) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.002)
+            except sqlite3.Error as exc:
+                raise self._error(step, exc) from exc
+
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        con = self._connection()
+    def _write(self, con: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+        # IMMEDIATE takes the write lock now: no deadlock upgrading a read lock later. The
+        # ledger uses a plain BEGIN: it has one writer, and IMMEDIATE would also lock the
+        # attached message file against producers.
+        self._busy_retry("begin", lambda: con.execute(begin))
         try:
-            con.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock
-        except sqlite3.Error as exc:
-            raise self._error("begin", exc) from exc
-        try:
-            yield con
+            yield
         except BaseException as exc:
             con.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
                 raise self._error("write", exc) from exc
             raise
         try:
-            con.execute("COMMIT")
-        except sqlite3.Error as exc:
+            self._busy_retry("commit", lambda: con.execute("COMMIT"))
+        except StoreError:
             if con.in_transaction:
                 con.execute("ROLLBACK")
-            raise self._error("commit", exc) from exc
+            raise
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        try:
-            return self._connection().execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise self._error("read", exc) from exc
+        con = self._ledger()
+        return self._busy_retry("read", lambda: con.execute(sql, args).fetchall())
 
     def _error(self, step: str, exc: sqlite3.Error) -> StoreError:
-        if "locked" in str(exc) or "busy" in str(exc):
+        if _is_busy(exc):
             return StoreTimeout(
                 f"{self.path} stayed locked for {self.timeout:g} s during {step}; "
                 "raise timeout= or look for a stuck process"
             )
         return StoreError(f"{step} failed on {self.path}: {exc}")
 
-    # -- the verbs ----------------------------------------------------------------------
+    # -- producers ----------------------------------------------------------------------
 
     def put_many(
         self, payloads: Sequence[bytes], *, priority: int = Priority.MEDIUM, due: float = 0.0
     ) -> list[int]:
         now = time.time()
         rows = [(priority, due, now, payload) for payload in payloads]
-        with self._write() as con:
+        con = self._messages()
+        with self._write(con):
             con.executemany(_INSERT, rows)
             (last,) = con.execute("SELECT last_insert_rowid()").fetchone()
         return list(range(last - len(rows) + 1, last + 1))
 
+    # -- the owner's verbs: they write the ledger only --------------------------------------
+
     def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
-        with self._write() as con:
-            rows = con.execute(_LEASE, (owner, now + ttl, now, n)).fetchall()
-        rows.sort()  # RETURNING has no order: restore (priority, due, id)
-        return [Leased(LeaseToken(row[2], row[3]), row[4]) for row in rows]
+        con = self._ledger()
+        with self._write(con, "BEGIN"):
+            rows = con.execute(_CANDIDATES, (now, n)).fetchall()
+            con.executemany(_LEASE, [(id_, attempts + 1, now + ttl) for id_, attempts, _ in rows])
+        return [Leased(LeaseToken(id_, attempts + 1), body) for id_, attempts, body in rows]
+
+    def _settle(self, tokens: Sequence[LeaseToken], state: int) -> int:
+        con = self._ledger()
+        with self._write(con, "BEGIN"):
+            applied: int = con.executemany(_SETTLE, [(state, *t) for t in tokens]).rowcount
+            if state == _DONE:
+                con.execute(
+                    "UPDATE dq_meta SET value = value + ? WHERE name = 'acked_total'", (applied,)
+                )
+        return applied
 
     def ack(self, tokens: Sequence[LeaseToken]) -> int:
         if not tokens:
             return 0
-        with self._write() as con:
-            applied = con.executemany(_ACK, tokens).rowcount
-            con.execute(
-                "UPDATE dq_meta SET value = value + ? WHERE name = 'acked_total'", (applied,)
-            )
+        applied = self._settle(tokens, _DONE)
+        self._uncollected += applied
+        if self._uncollected >= GC_BATCH:
+            self.collect(wait=False)
         return applied
 
     def nack(self, tokens: Sequence[LeaseToken], *, requeue: bool) -> int:
         if not tokens:
             return 0
-        state = int(State.READY if requeue else State.DEAD)
-        with self._write() as con:
-            return con.executemany(_NACK, [(state, *t) for t in tokens]).rowcount
+        applied = self._settle(tokens, _READY if requeue else _DEAD)
+        if not requeue:
+            self._uncollected += applied
+        return applied
+
+    def collect(self, *, wait: bool = True) -> int:
+        """Remove acked messages from the message file and bury dead ones there.
+
+        With ``wait=False`` it gives up at once if a producer holds the lock; the rows stay
+        marked in the ledger and are collected next time. Returns how many were collected.
+        """
+        ledger = self._ledger()
+        done = self._read(f"SELECT id FROM dq_delivery WHERE state = {_DONE}")
+        dead = self._read(f"SELECT id, attempts FROM dq_delivery WHERE state = {_DEAD}")
+        if not done and not dead:
+            self._uncollected = 0
+            return 0
+        con = self._messages()
+        try:
+            with self._write(con) if wait else self._try_write(con):
+                con.executemany("DELETE FROM dq_message WHERE id = ?", done)
+                con.executemany(
+                    f"UPDATE dq_message SET state = {_DEAD}, attempts = ? WHERE id = ?",
+                    [(attempts, id_) for id_, attempts in dead],
+                )
+        except _Busy:
+            return 0
+        with self._write(ledger, "BEGIN"):
+            ledger.executemany(
+                f"DELETE FROM dq_delivery WHERE id = ? AND state IN ({_DONE}, {_DEAD})",
+                done + [(id_,) for id_, _ in dead],
+            )
+        self._uncollected = 0
+        return len(done) + len(dead)
+
+    @contextmanager
+    def _try_write(self, con: sqlite3.Connection) -> Iterator[None]:
+        try:
+            con.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise _Busy from exc
+            raise self._error("begin", exc) from exc
+        try:
+            yield
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
 
     def requeue_expired(self, now: float) -> int:
-        with self._write() as con:
-            return con.execute(
-                f"UPDATE dq_message SET state = {int(State.READY)}, lease_owner = NULL, "
-                f"lease_expiry = NULL WHERE state = {int(State.IN_FLIGHT)} AND lease_expiry < ?",
+        con = self._ledger()
+        with self._write(con, "BEGIN"):
+            count: int = con.execute(
+                f"UPDATE dq_delivery SET state = {_READY}, expiry = NULL "
+                f"WHERE state = {_IN_FLIGHT} AND expiry < ?",
                 (now,),
             ).rowcount
+        if now == float("inf"):
+            self.collect()  # at open: nothing competes yet
+        return count
+
+    # -- reads: any process -------------------------------------------------------------------
 
     def has_ready(self, now: float) -> bool:
-        return bool(
-            self._read(
-                f"SELECT 1 FROM dq_message WHERE state = {int(State.READY)} AND due <= ? LIMIT 1",
-                (now,),
-            )
-        )
+        return bool(self._read(_CANDIDATES, (now, 1)))
 
     def counts(self) -> Counts:
-        by_state = dict(self._read("SELECT state, count(*) FROM dq_message GROUP BY state"))
-        put_total = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'dq_message'")
+        (ready,) = self._read(
+            f"SELECT count(*) FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id "
+            f"WHERE m.state = {_READY} AND (d.state IS NULL OR d.state = {_READY})"
+        )[0]
+        ledger = dict(self._read("SELECT state, count(*) FROM dq_delivery GROUP BY state"))
+        (dead,) = self._read(f"SELECT count(*) FROM q.dq_message WHERE state = {_DEAD}")[0]
+        put_total = self._read("SELECT seq FROM q.sqlite_sequence WHERE name = 'dq_message'")
         (acked,) = self._read("SELECT value FROM dq_meta WHERE name = 'acked_total'")[0]
         return Counts(
-            ready=by_state.get(State.READY, 0),
-            in_flight=by_state.get(State.IN_FLIGHT, 0),
-            dead=by_state.get(State.DEAD, 0),
+            ready=ready,
+            in_flight=ledger.get(_IN_FLIGHT, 0),
+            dead=dead + ledger.get(_DEAD, 0),
             put_total=put_total[0][0] if put_total else 0,
             acked_total=acked,
         )
 
     def record_fault(self, fault: Fault) -> None:
+        con = self._messages()
         try:
-            with self._write() as con:
+            with self._write(con):
                 con.execute(
                     "INSERT INTO dq_fault (time, kind, detail) VALUES (?, ?, ?)",
                     (fault.time, fault.kind, fault.detail),
@@ -248,14 +379,16 @@ class DiskcacheStore:
 
     def faults(self, limit: int = 100) -> list[Fault]:
         rows = self._read(
-            "SELECT kind, time, detail FROM dq_fault ORDER BY id DESC LIMIT ?", (limit,)
+            "SELECT kind, time, detail FROM q.dq_fault ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [Fault(*row) for row in reversed(rows)]
 
     def close(self) -> None:
-        con = getattr(self._local, "con", None)
-        if con is not None and self._local.pid == os.getpid():
-            con.close()
+        local = self._local
+        if getattr(local, "pid", None) == os.getpid():
+            for con in (local.messages, local.ledger):
+                if con is not None:
+                    con.close()
         self._local = threading.local()
 
     # -- pickling: by path, reconnecting in the new process --------------------------------
@@ -266,6 +399,11 @@ class DiskcacheStore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path, self.sync, self.timeout = state["path"], state["sync"], state["timeout"]
         self._local = threading.local()
+        self._uncollected = 0
 
     def __repr__(self) -> str:
         return f"DiskcacheStore({self.path!r}, sync={self.sync!r})"
+
+
+class _Busy(Exception):
+    """A non-waiting write found the lock taken."""
