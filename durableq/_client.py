@@ -37,25 +37,28 @@ ACK_DELAY = 0.010
 class _Link:
     """What the exit finalizer needs, without a reference back to the client."""
 
-    __slots__ = ("acks", "conn", "pid", "settle_on_exit")
+    __slots__ = ("acks", "buffer", "conn", "pid", "settle_on_exit")
 
     def __init__(self) -> None:
         self.conn: Connection | None = None
         self.pid = os.getpid()
         self.acks: list[LeaseToken] = []  # finished, not yet sent
         self.settle_on_exit: list[LeaseToken] = []  # delivered, acked by a clean exit
+        self.buffer: collections.deque[tuple[LeaseToken, bytes]] = collections.deque()
 
 
 def _say_bye(link: _Link) -> None:
     conn = link.conn
     if conn is None or link.pid != os.getpid() or conn.closed:
         return
+    unread = [token for token, _ in link.buffer]
     try:
-        conn.send((w.BYE, link.acks + link.settle_on_exit))
+        conn.send((w.BYE, link.acks + link.settle_on_exit, unread))
     except OSError:
         pass  # the owner is gone: what we held is redelivered when the queue is reopened
     finally:
         link.acks, link.settle_on_exit = [], []
+        link.buffer.clear()
         conn.close()
         link.conn = None
 
@@ -73,7 +76,7 @@ class Client:
         self.owner_pid = owner_pid
         self.link = _Link()
         self.pid = self.link.pid
-        self._buffer: collections.deque[tuple[LeaseToken, bytes]] = collections.deque()
+        self._buffer = self.link.buffer
         self._credit = 1
         self._refilled = 0.0
         self._acks_sent = 0.0
@@ -88,7 +91,7 @@ class Client:
         if conn is None:
             try:
                 conn = w.connect(self.address)
-                conn.send((w.HELLO, self.secret, os.getpid()))
+                conn.send_bytes(w.hello(self.secret))
             except OSError as exc:
                 raise OwnerGone(self.path, self.owner_pid) from exc
             self.link.conn = conn
@@ -130,8 +133,12 @@ class Client:
             conn.close()
 
     def bye(self) -> None:
-        self._buffer.clear()
         _say_bye(self.link)
+
+    @property
+    def buffered(self) -> int:
+        """Messages received for this consumer and not yet handed out."""
+        return len(self._buffer)
 
     # -- verbs ------------------------------------------------------------------------------
 

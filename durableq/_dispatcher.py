@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import collections
+import hmac
 import logging
 import os
 import socket
@@ -48,7 +49,7 @@ SAFETY_CHECK = 5.0
 
 @dataclass(eq=False)
 class _Consumer:
-    conn: Connection
+    conn: Connection | None
     pid: int = 0
     authed: bool = False
     held: dict[int, LeaseToken] = field(default_factory=dict)
@@ -56,6 +57,11 @@ class _Consumer:
     credit: int = 0
     nowait: bool = False
     said_bye: bool = False
+
+    def send(self, frame: tuple[Any, ...]) -> None:
+        if self.conn is None:
+            raise OSError("orphaned leases have no connection")
+        self.conn.send(frame)
 
 
 @dataclass
@@ -100,10 +106,11 @@ class Dispatcher(threading.Thread):
         self.broken: BaseException | None = None
         self._listener = w.listen(address)
         self._wake_r, self._wake_w = os.pipe()
-        self._consumers: dict[Connection, _Consumer] = {}
+        self._consumers: dict[Connection | None, _Consumer] = {}
         self._waiters: collections.deque[_Consumer] = collections.deque()
         self._joiners: list[_Consumer] = []
         self._leases: dict[int, tuple[LeaseToken, _Consumer]] = {}
+        self._orphans = _Consumer(None, authed=True)  # leases whose thread left cleanly
         self._expiry: collections.deque[tuple[float, LeaseToken]] = collections.deque()
         self._acks: list[LeaseToken] = []
         self._requeue: list[LeaseToken] = []
@@ -146,7 +153,8 @@ class Dispatcher(threading.Thread):
         except Exception as exc:  # the store failed: leases come back at the next open
             log.warning("durableq: could not requeue %d leases at shutdown: %s", len(held), exc)
         for conn in list(self._consumers):
-            conn.close()
+            if conn is not None:
+                conn.close()
         self._consumers.clear()
         self._listener.close()
         os.close(self._wake_r)
@@ -174,22 +182,24 @@ class Dispatcher(threading.Thread):
         else:
             consumer = self._consumers[obj]
             try:
-                while True:
+                if not consumer.authed:
+                    self._on_hello(consumer, obj.recv_bytes(w.HELLO_SIZE))
+                while not obj.closed and obj.poll():
                     self._on_frame(consumer, obj.recv())
-                    if consumer.conn.closed or not obj.poll():
-                        break
             except (EOFError, OSError):
                 self._drop(consumer)
 
+    def _on_hello(self, c: _Consumer, data: bytes) -> None:
+        # Raw bytes, checked before anything is unpickled: a stranger on the socket must
+        # not get pickle.loads() in the owner.
+        secret, pid = w.parse_hello(data)
+        if hmac.compare_digest(secret, self.secret):
+            c.authed, c.pid = True, pid
+        else:
+            self._drop(c)
+
     def _on_frame(self, c: _Consumer, frame: tuple[Any, ...]) -> None:
         kind = frame[0]
-        if not c.authed:
-            if kind == w.HELLO and frame[1] == self.secret:
-                c.authed, c.pid = True, frame[2]
-            else:
-                c.conn.close()
-                del self._consumers[c.conn]
-            return
         if kind == w.WANT:
             self._settle(c, frame[2], ack=True)
             c.credit, c.nowait = max(1, int(frame[1])), bool(frame[3])
@@ -210,7 +220,7 @@ class Dispatcher(threading.Thread):
             if c.waiting:
                 c.waiting = False
                 self._waiters.remove(c)
-            c.conn.send((w.CANCELLED,))
+            c.send((w.CANCELLED,))
         elif kind == w.RPUT:
             self._reply(c, lambda: self.store.put_many(frame[1]))
             self._maybe_ready = True
@@ -220,19 +230,22 @@ class Dispatcher(threading.Thread):
             self._joiners.append(c)
         elif kind == w.BYE:
             self._settle(c, frame[1], ack=True)
+            self._settle(c, frame[2], ack=False)  # fetched but never handed out
             c.said_bye = True
             self._drop(c)
 
     def _reply(self, c: _Consumer, fn: Callable[[], Any]) -> None:
         try:
-            c.conn.send((w.RESULT, fn()))
+            c.send((w.RESULT, fn()))
         except (EOFError, OSError):
             raise
         except Exception as exc:
-            c.conn.send((w.RESULT, None, exc))
+            c.send((w.RESULT, None, exc))
 
     def call(self, name: str) -> Any:
-        """Answer a read for a process that cannot open the store itself."""
+        """Answer a read; acks that arrived before it are applied first, so a caller's
+        own earlier acks are durable and counted by the time it gets the answer."""
+        self._apply()
         if name == "qsize":
             return self.store.counts().ready
         if name == "empty":
@@ -259,13 +272,15 @@ class Dispatcher(threading.Thread):
     def _settle(
         self, c: _Consumer, tokens: list[LeaseToken], *, ack: bool, requeue: bool = True
     ) -> None:
+        # Any consumer may settle a lease (a message can be handed to another thread); the
+        # token's attempt number is what fences off a lease that expired and moved on.
         for token in tokens:
             lease = self._leases.get(token[0])
-            if lease is None or lease[0] != token or lease[1] is not c:
+            if lease is None or lease[0] != token:
                 self.counters.stale_acks += 1  # expired and handed on, or already settled
                 continue
             del self._leases[token[0]]
-            del c.held[token[0]]
+            del lease[1].held[token[0]]
             if ack:
                 self._acks.append(lease[0])
             elif requeue:
@@ -277,6 +292,7 @@ class Dispatcher(threading.Thread):
         """A connection ended: without BYE its process (or thread) crashed holding leases."""
         if c.conn in self._consumers:
             del self._consumers[c.conn]
+        if c.conn is not None:
             c.conn.close()
         if c.waiting:
             self._waiters.remove(c)
@@ -285,22 +301,33 @@ class Dispatcher(threading.Thread):
             self._joiners.remove(c)
         if not c.held:
             return
+        if c.said_bye:
+            # A thread left cleanly but handed messages to others in its process: they stay
+            # leased, watched by a sibling connection, else by their visibility timeout.
+            heir = next(
+                (o for o in self._consumers.values() if o.pid == c.pid and o.authed),
+                self._orphans,
+            )
+            for token in c.held.values():
+                self._leases[token.id] = (token, heir)
+            heir.held.update(c.held)
+            c.held.clear()
+            return
         tokens = list(c.held.values())
         for token in tokens:
             del self._leases[token.id]
         c.held.clear()
         self._requeue.extend(tokens)
-        if not c.said_bye:
-            self.counters.redelivered_after_crash += len(tokens)
-            ids = ", ".join(str(t.id) for t in tokens[:10])
-            self.on_fault(
-                Fault(
-                    "consumer-died",
-                    time.time(),
-                    f"consumer pid {c.pid} exited holding {len(tokens)} message(s) "
-                    f"[{ids}]; requeued for redelivery",
-                )
+        self.counters.redelivered_after_crash += len(tokens)
+        ids = ", ".join(str(t.id) for t in tokens[:10])
+        self.on_fault(
+            Fault(
+                "consumer-died",
+                time.time(),
+                f"consumer pid {c.pid} exited holding {len(tokens)} message(s) "
+                f"[{ids}]; requeued for redelivery",
             )
+        )
 
     def _expire_leases(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
@@ -374,6 +401,6 @@ class Dispatcher(threading.Thread):
 
     def _send(self, c: _Consumer, frame: tuple[Any, ...]) -> None:
         try:
-            c.conn.send(frame)
+            c.send(frame)
         except OSError:
             self._drop(c)

@@ -15,6 +15,8 @@ from ._errors import QueueLocked
 
 _owned: set[str] = set()
 _owned_lock = threading.Lock()
+# lockf locks are not inherited by fork(), so neither is our record of them.
+os.register_at_fork(after_in_child=_owned.clear)
 
 
 class OwnerLock:

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing import util
 from typing import Any, Generic, Literal, TypeVar
@@ -61,12 +61,13 @@ class _Shared:
 class Message(Generic[T]):
     """A delivered message, in flight until ``ack()`` or ``nack()``.
 
-    As a context manager it acks when the block succeeds and nacks (requeue) on exception.
+    It may be settled from any thread of the process that received it. As a context
+    manager it acks when the block succeeds and nacks (requeue) on exception.
     """
 
     __slots__ = ("_client", "_settled", "attempts", "body", "id", "token")
 
-    def __init__(self, client: Client, token: LeaseToken, body: T) -> None:
+    def __init__(self, client: Callable[[], Client], token: LeaseToken, body: T) -> None:
         self._client = client
         self._settled = False
         self.token = token
@@ -74,20 +75,19 @@ class Message(Generic[T]):
         self.attempts: int = token.attempt
         self.body: T = body
 
-    def _settle(self) -> None:
+    def _settle(self) -> Client:
         if self._settled:
             raise ValueError(f"message {self.id} was already acked or nacked")
         self._settled = True
+        return self._client()
 
     def ack(self) -> None:
         """Finish the message: it is never delivered again."""
-        self._settle()
-        self._client.ack([self.token])
+        self._settle().ack([self.token])
 
     def nack(self, requeue: bool = True) -> None:
         """Give the message back: ready again (``requeue``) or dead, kept for inspection."""
-        self._settle()
-        self._client.nack([self.token], requeue)
+        self._settle().nack([self.token], requeue)
 
     def __enter__(self) -> Message[T]:
         return self
@@ -189,19 +189,21 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         )
         self._owner_store = store
         self._faults: list[Fault] = []
-        bounded = self._bounded
-        if bounded:
+        sem = self._sem
+        if self._bounded:
             for _ in range(min(store.counts().ready, self._maxsize)):
-                self._sem.acquire(False)
+                sem.acquire(False)
+        # The dispatcher gets closures over the parts it needs, never the queue itself:
+        # a strong reference from a running thread would keep the queue alive forever.
         self._dispatcher = Dispatcher(
             store,
             address=self._shared.address,
             secret=self._shared.secret,
             visibility_timeout=visibility_timeout,
             ack_on_send=ack == "on_get",
-            on_fault=self._record_fault,
-            release_slot=self._release_slot if bounded else None,
-            take_slot=(lambda: self._sem.acquire(False)) if bounded else None,
+            on_fault=_fault_recorder(self._faults, self._shared.fault, store),
+            release_slot=(lambda: _release(sem)) if self._bounded else None,
+            take_slot=(lambda: sem.acquire(False)) if self._bounded else None,
             hungry=self._shared.hungry,
             name=os.path.basename(lock_dir) if lock_dir else "memory",
         )
@@ -220,17 +222,8 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         return self._dispatcher is not None and os.getpid() == self._shared.owner_pid
 
     def _release_slot(self) -> None:
-        if not self._bounded:
-            return
-        try:
-            self._sem.release()
-        except ValueError:
-            pass  # a requeue already over-filled the slots: nothing to give back
-
-    def _record_fault(self, fault: Fault) -> None:
-        self._faults.append(fault)
-        self._shared.fault.set()
-        self._owner_store.record_fault(fault)
+        if self._bounded:
+            _release(self._sem)
 
     def _init_local(self) -> None:
         self._local = threading.local()
@@ -340,7 +333,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             raise DurableQError(
                 f"message {token.id} cannot be deserialized here ({exc!r}); it was moved to dead"
             ) from exc
-        return Message(client, token, body)
+        return Message(self._client, token, body)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return an item, as ``multiprocessing.Queue.get``.
@@ -376,12 +369,18 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             return not store.has_ready(time.time())
         return store.faults()
 
+    def _buffered(self) -> int:
+        client: Client | None = getattr(self._local, "client", None)
+        return client.buffered if client is not None and client.pid == os.getpid() else 0
+
     def qsize(self) -> int:
-        """Messages ready for delivery (not counting those in flight)."""
-        return int(self._read("qsize"))
+        """Messages this thread could still get: ready ones plus those already fetched
+        into its own buffer (a fast consumer receives them in batches)."""
+        return int(self._read("qsize")) + self._buffered()
 
     def empty(self) -> bool:
-        return bool(self._read("empty"))
+        """Whether ``get`` would find nothing, from this thread's point of view."""
+        return not self._buffered() and bool(self._read("empty"))
 
     def full(self) -> bool:
         return self._bounded and bool(self._sem._semlock._is_zero())
@@ -401,10 +400,14 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         return logged + [f for f in self._faults if f not in logged]
 
     def stats(self) -> dict[str, Any]:
-        """Counts (``ready``, ``in_flight``, ``dead``), totals and the owner's counters."""
-        if self._is_owner():
-            return self._dispatcher.stats()
-        return dict(self._client().call(w.CALL, "stats"))
+        """Counts (``ready``, ``in_flight``, ``dead``), totals and the owner's counters.
+
+        Asked of the owner over this thread's connection after sending its pending acks, so
+        the answer counts every ack this consumer made before calling it.
+        """
+        client = self._client()
+        client.flush_acks()
+        return dict(client.call(w.CALL, "stats"))
 
     @property
     def path(self) -> str:
@@ -452,6 +455,22 @@ class JoinableQueue(Queue):
     def join(self) -> None:
         """Block until every item put has been acked (marked done)."""
         self._client().join()
+
+
+def _release(sem: Any) -> None:
+    try:
+        sem.release()
+    except ValueError:
+        pass  # a requeue already over-filled the slots: nothing to give back
+
+
+def _fault_recorder(faults: list[Fault], event: Any, store: Store) -> Callable[[Fault], None]:
+    def record(fault: Fault) -> None:
+        faults.append(fault)
+        event.set()
+        store.record_fault(fault)
+
+    return record
 
 
 def _shutdown_owner(

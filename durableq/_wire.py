@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import sys
 from multiprocessing.connection import Connection
 from typing import Final
 
-# client -> owner
-HELLO: Final = 1     # (HELLO, secret, pid)                       first frame, no reply
+# client -> owner. The first frame is raw bytes (hello), every later one a pickled tuple.
+HELLO_SIZE: Final = 40  # 32-byte secret + 8-byte pid
 WANT: Final = 2      # (WANT, n, acks, nowait)  up to n messages: reply MSGS, or EMPTY if nowait
 CANCEL: Final = 3    # (CANCEL,)                                  reply CANCELLED (after any MSGS)
 ACK: Final = 4       # (ACK, tokens)                              no reply
@@ -26,7 +27,7 @@ PUT: Final = 6       # (PUT, n)        n messages were committed: no reply
 RPUT: Final = 7      # (RPUT, payloads)  commit for me (store not shared): reply RESULT ids
 CALL: Final = 8      # (CALL, name)    stats / qsize / empty / faults: reply RESULT
 JOIN: Final = 9      # (JOIN,)         reply JOINED once nothing is unacked
-BYE: Final = 10      # (BYE, acks)     clean exit: ack these, requeue the rest held
+BYE: Final = 10      # (BYE, acks, unread)  clean exit: ack acks, requeue unread
 
 # owner -> client
 MSGS: Final = 20      # (MSGS, [(token, payload), ...])  one frame answers one WANT
@@ -34,6 +35,16 @@ EMPTY: Final = 21     # (EMPTY,)
 CANCELLED: Final = 22 # (CANCELLED,)
 RESULT: Final = 23    # (RESULT, value) or (RESULT, None, exception)
 JOINED: Final = 24    # (JOINED,)
+
+
+def hello(secret: bytes) -> bytes:
+    return secret + struct.pack("!q", os.getpid())
+
+
+def parse_hello(data: bytes) -> tuple[bytes, int]:
+    if len(data) != HELLO_SIZE:
+        return b"", 0
+    return data[:32], struct.unpack("!q", data[32:])[0]
 
 
 def new_address() -> str | bytes:

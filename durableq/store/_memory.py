@@ -51,13 +51,19 @@ class MemoryStore:
 
     def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
         out: list[Leased] = []
+        not_due: list[tuple[int, float, int]] = []
         with self._lock:
-            while self._ready and len(out) < n and self._ready[0][1] <= now:
-                _, _, id_ = heapq.heappop(self._ready)
-                rec = self._records[id_]
+            while self._ready and len(out) < n:
+                entry = heapq.heappop(self._ready)
+                if entry[1] > now:
+                    not_due.append(entry)  # a later band may still have due messages
+                    continue
+                rec = self._records[entry[2]]
                 rec.state, rec.lease_expiry = State.IN_FLIGHT, now + ttl
                 rec.attempts += 1
-                out.append(Leased(LeaseToken(id_, rec.attempts), rec.payload))
+                out.append(Leased(LeaseToken(rec.id, rec.attempts), rec.payload))
+            for entry in not_due:
+                heapq.heappush(self._ready, entry)
         return out
 
     def _leased(self, token: LeaseToken) -> _Record | None:
@@ -103,7 +109,7 @@ class MemoryStore:
 
     def has_ready(self, now: float) -> bool:
         with self._lock:
-            return bool(self._ready) and self._ready[0][1] <= now
+            return any(due <= now for _, due, _ in self._ready)
 
     def counts(self) -> Counts:
         with self._lock:

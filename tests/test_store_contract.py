@@ -1,0 +1,168 @@
+"""One contract, every store: the Store protocol's promises, tested verb by verb.
+
+Server stores added later subclass ``StoreContract`` and provide ``make_store``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from durableq import DiskcacheStore, LeaseToken, MemoryStore, Priority, Store, StoreError
+
+T0 = 1_000.0
+
+
+class StoreContract:
+    def make_store(self, tmp_path: Path) -> Store:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Store:
+        s = self.make_store(tmp_path)
+        yield s
+        s.close()
+
+    def test_implements_the_protocol(self, store: Store) -> None:
+        assert isinstance(store, Store)
+
+    def test_put_returns_increasing_ids(self, store: Store) -> None:
+        a = store.put_many([b"a", b"b"])
+        b = store.put_many([b"c"])
+        assert len(a) == 2 and a[0] < a[1] < b[0]
+
+    def test_lease_is_fifo_and_counts_attempts(self, store: Store) -> None:
+        ids = store.put_many([b"1", b"2", b"3"])
+        leased = store.lease("me", 2, now=T0, ttl=30)
+        assert [x.payload for x in leased] == [b"1", b"2"]
+        assert [x.token for x in leased] == [LeaseToken(ids[0], 1), LeaseToken(ids[1], 1)]
+
+    def test_leased_message_is_invisible_until_released(self, store: Store) -> None:
+        store.put_many([b"x"])
+        (first,) = store.lease("me", 5, now=T0, ttl=30)
+        assert store.lease("me", 5, now=T0, ttl=30) == []
+        assert not store.has_ready(T0)
+        assert store.nack([first.token], requeue=True) == 1
+        (again,) = store.lease("me", 5, now=T0, ttl=30)
+        assert again.payload == b"x" and again.token.attempt == 2
+
+    def test_priority_then_due_then_id(self, store: Store) -> None:
+        store.put_many([b"low"], priority=Priority.LOW)
+        store.put_many([b"later"], due=T0 + 10)
+        store.put_many([b"medium"])
+        store.put_many([b"high"], priority=Priority.HIGH)
+        assert [x.payload for x in store.lease("me", 9, now=T0, ttl=30)] == [
+            b"high", b"medium", b"low",
+        ]
+        assert [x.payload for x in store.lease("me", 9, now=T0 + 10, ttl=30)] == [b"later"]
+
+    def test_ack_finishes_and_stale_tokens_are_ignored(self, store: Store) -> None:
+        store.put_many([b"x"])
+        (leased,) = store.lease("me", 1, now=T0, ttl=30)
+        assert store.ack([leased.token]) == 1
+        assert store.ack([leased.token]) == 0, "a second ack must be ignored"
+        assert store.lease("me", 1, now=T0, ttl=30) == []
+        counts = store.counts()
+        assert (counts.ready, counts.in_flight, counts.acked_total) == (0, 0, 1)
+
+    def test_ack_with_an_older_attempt_is_stale(self, store: Store) -> None:
+        store.put_many([b"x"])
+        (first,) = store.lease("me", 1, now=T0, ttl=5)
+        assert store.requeue_expired(T0 + 6) == 1
+        (second,) = store.lease("me", 1, now=T0 + 6, ttl=5)
+        assert store.ack([first.token]) == 0, "the slow consumer's ack must not count"
+        assert store.ack([second.token]) == 1
+
+    def test_requeue_expired_leaves_live_leases(self, store: Store) -> None:
+        store.put_many([b"a", b"b"])
+        store.lease("me", 1, now=T0, ttl=5)
+        store.lease("me", 1, now=T0 + 3, ttl=5)
+        assert store.requeue_expired(T0 + 6) == 1
+        assert store.counts().in_flight == 1
+        assert [x.payload for x in store.lease("me", 5, now=T0 + 6, ttl=5)] == [b"a"]
+
+    def test_nack_without_requeue_keeps_the_message_as_dead(self, store: Store) -> None:
+        store.put_many([b"x"])
+        (leased,) = store.lease("me", 1, now=T0, ttl=30)
+        assert store.nack([leased.token], requeue=False) == 1
+        counts = store.counts()
+        assert (counts.ready, counts.in_flight, counts.dead) == (0, 0, 1)
+
+    def test_counts(self, store: Store) -> None:
+        store.put_many([b"a", b"b", b"c"])
+        store.lease("me", 1, now=T0, ttl=30)
+        counts = store.counts()
+        assert (counts.ready, counts.in_flight, counts.put_total) == (2, 1, 3)
+
+    def test_faults_are_logged_in_order(self, store: Store) -> None:
+        from durableq import Fault
+
+        store.record_fault(Fault("a", 1.0, "first"))
+        store.record_fault(Fault("b", 2.0, "second"))
+        assert [f.kind for f in store.faults()] == ["a", "b"]
+
+
+class TestMemoryStore(StoreContract):
+    def make_store(self, tmp_path: Path) -> Store:
+        return MemoryStore()
+
+
+class TestDiskcacheStore(StoreContract):
+    def make_store(self, tmp_path: Path) -> Store:
+        return DiskcacheStore(tmp_path / "q")
+
+    def test_state_survives_reopening(self, tmp_path: Path) -> None:
+        s = DiskcacheStore(tmp_path / "q")
+        s.put_many([b"a", b"b", b"c"])
+        a, _b = s.lease("me", 2, now=T0, ttl=30)
+        s.ack([a.token])
+        s.close()
+        s = DiskcacheStore(tmp_path / "q")
+        assert s.requeue_expired(float("inf")) == 1  # b was in flight when "we died"
+        leased = s.lease("me", 5, now=T0, ttl=30)
+        assert [(x.payload, x.token.attempt) for x in leased] == [(b"b", 2), (b"c", 1)]
+        s.close()
+
+    def test_never_evicts_even_past_a_tiny_size_limit(self, tmp_path: Path) -> None:
+        # diskcache's default policy would cull entries past size_limit; a queue must not.
+        s = DiskcacheStore(tmp_path / "q", size_limit=4096)
+        for _ in range(20):
+            s.put_many([os.urandom(1024)] * 50)
+        assert s.counts().ready == 1000
+        assert len(s.lease("me", 2000, now=T0, ttl=30)) == 1000
+        s.close()
+
+    def test_acked_rows_are_collected_from_the_message_file(self, tmp_path: Path) -> None:
+        s = DiskcacheStore(tmp_path / "q")
+        s.put_many([b"x"] * 300)
+        s.ack([x.token for x in s.lease("me", 300, now=T0, ttl=30)])
+        s.collect()
+        con = sqlite3.connect(tmp_path / "q" / "cache.db")
+        assert con.execute("SELECT count(*) FROM dq_message").fetchone() == (0,)
+        con.close()
+        assert s.counts().acked_total == 300
+        s.close()
+
+    def test_failed_batch_leaves_nothing(self, tmp_path: Path) -> None:
+        s = DiskcacheStore(tmp_path / "q")
+        with pytest.raises(StoreError):
+            s.put_many([b"ok", None])  # type: ignore[list-item]  # NOT NULL fails mid-batch
+        assert s.counts().ready == 0
+        s.close()
+
+    def test_bad_sync_mode_is_rejected(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="sync must be"):
+            DiskcacheStore(tmp_path / "q", sync="sometimes")
+
+    def test_pickles_by_path(self, tmp_path: Path) -> None:
+        import pickle
+
+        s = DiskcacheStore(tmp_path / "q")
+        s.put_many([b"x"])
+        clone = pickle.loads(pickle.dumps(s))
+        assert clone.counts().ready == 1
+        s.close()
+        clone.close()
