@@ -1,0 +1,225 @@
+"""Real SIGKILLs, then every message counted by id.
+
+Each test names a kill point of docs/guarantees.md. Children log ids to files, one line
+per id, flushed as they go, so a SIGKILL cannot lose the record of what a process did.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as pyqueue
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import durableq
+
+from .conftest import TIMEOUT
+
+
+def log(path: Path | str, value: object) -> None:
+    with open(path, "a") as f:
+        f.write(f"{value}\n")
+
+
+def read_log(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def drain(q: durableq.Queue) -> list[durableq.Message[Any]]:
+    """Everything ready now, acked; the owner is this process so nothing is in transit."""
+    out = []
+    while True:
+        try:
+            msg = q.get_message(block=False)
+        except pyqueue.Empty:
+            return out
+        msg.ack()
+        out.append(msg)
+
+
+# -- children -----------------------------------------------------------------------------
+
+
+def consume_until(q: durableq.Queue, logfile: str, stop_at: int, reached: Any) -> None:
+    """Log each id as it is got; at ``stop_at`` announce it and hang, mid-message."""
+    while True:
+        item = q.get(timeout=TIMEOUT)
+        log(logfile, item)
+        if item == stop_at:
+            reached.set()
+            reached.wait(TIMEOUT)
+            signal.pause()
+
+
+def consume_all(q: durableq.Queue, logfile: str) -> None:
+    while True:
+        try:
+            log(logfile, q.get(timeout=1.0))
+        except pyqueue.Empty:
+            return
+
+
+def produce_forever(q: durableq.Queue, logfile: str, after: int, going: Any) -> None:
+    i = 0
+    while True:
+        q.put(i)
+        log(logfile, i)  # only once put() returned: the message is committed
+        i += 1
+        if i == after:
+            going.set()
+
+
+def owner_with_consumer(
+    path: str, n: int, acked_log: str, held_log: str, pids: Any, ready: Any, ctx_name: str
+) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context(ctx_name)
+    q = durableq.Queue(path=path, ctx=ctx, ack="manual")
+    q.put_many(range(n))
+    c = ctx.Process(target=ack_some_hold_some, args=(q, acked_log, held_log, ready))
+    c.start()
+    pids[0], pids[1] = os.getpid(), c.pid
+    signal.pause()
+
+
+def ack_some_hold_some(q: durableq.Queue, acked_log: str, held_log: str, ready: Any) -> None:
+    for _ in range(20):
+        msg = q.get_message(timeout=TIMEOUT)
+        msg.ack()
+        q.stats()  # a round trip: the owner has applied the ack before we log it
+        log(acked_log, msg.body)
+    for _ in range(5):
+        log(held_log, q.get_message(timeout=TIMEOUT).body)  # in flight, never acked
+    ready.set()
+    signal.pause()
+
+
+class DieInAck(durableq.DiskcacheStore):
+    """The owner's store, killed on its third ack batch: before or after it commits."""
+
+    after_commit = False
+    batches = 0
+
+    def ack(self, tokens: Any) -> int:
+        DieInAck.batches += 1
+        if DieInAck.batches == 3 and not self.after_commit:
+            os.kill(os.getpid(), signal.SIGKILL)
+        applied = super().ack(tokens)
+        if DieInAck.batches == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return applied
+
+
+def owner_dying_in_ack(
+    path: str, n: int, after_commit: bool, acked_log: str, ctx_name: str
+) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context(ctx_name)
+    store = DieInAck(path)
+    store.after_commit = after_commit
+    q = durableq.Queue(store=store, ctx=ctx, ack="manual")
+    q.put_many(range(n))
+    c = ctx.Process(target=ack_everything, args=(q, acked_log))
+    c.start()
+    c.join()  # never returns: the owner dies in its third ack batch
+
+
+def ack_everything(q: durableq.Queue, acked_log: str) -> None:
+    try:
+        while True:
+            msg = q.get_message(timeout=TIMEOUT)
+            log(acked_log + ".done", msg.body)  # the work is done...
+            msg.ack()
+            q.stats()
+            log(acked_log, msg.body)  # ...and the owner confirmed the ack
+    except durableq.OwnerGone:
+        return
+
+
+# -- the kill points ----------------------------------------------------------------------
+
+
+def test_consumer_killed_mid_message_gets_it_again(ctx: Any, tmp_path: Path) -> None:
+    q = durableq.Queue(path=tmp_path / "q", ctx=ctx)
+    q.put_many(range(50))
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    reached = ctx.Event()
+    victim = ctx.Process(target=consume_until, args=(q, str(first), 10, reached))
+    victim.start()
+    assert reached.wait(TIMEOUT)
+    victim.kill()
+    victim.join(TIMEOUT)
+    survivor = ctx.Process(target=consume_all, args=(q, str(second)))
+    survivor.start()
+    survivor.join(TIMEOUT)
+    seen_first, seen_second = read_log(first), read_log(second)
+    assert 10 in seen_first and 10 in seen_second, "the message being worked on came back"
+    assert set(seen_first) | set(seen_second) == set(range(50)), "nothing lost"
+    assert q.fault.is_set()
+
+
+def test_producer_killed_right_after_put_loses_nothing(ctx: Any, tmp_path: Path) -> None:
+    q = durableq.Queue(path=tmp_path / "q", ctx=ctx)
+    logfile = tmp_path / "put.log"
+    going = ctx.Event()
+    producer = ctx.Process(target=produce_forever, args=(q, str(logfile), 200, going))
+    producer.start()
+    assert going.wait(TIMEOUT)
+    producer.kill()  # while it keeps putting
+    producer.join(TIMEOUT)
+    returned = read_log(logfile)
+    got = [m.body for m in drain(q)]
+    assert len(returned) >= 200
+    assert set(returned) <= set(got), "every put that returned is in the queue"
+    assert got == sorted(got), "FIFO for one producer"
+
+
+def test_owner_killed_with_messages_ready_and_in_flight(ctx: Any, tmp_path: Path) -> None:
+    path, n = tmp_path / "q", 100
+    acked, held = tmp_path / "acked.log", tmp_path / "held.log"
+    pids, ready = ctx.Array("i", 2), ctx.Event()
+    owner = ctx.Process(
+        target=owner_with_consumer,
+        args=(str(path), n, str(acked), str(held), pids, ready, ctx.get_start_method()),
+    )
+    owner.start()
+    assert ready.wait(TIMEOUT)
+    for pid in (pids[0], pids[1]):
+        os.kill(pid, signal.SIGKILL)
+    owner.join(TIMEOUT)
+
+    q = durableq.Queue(path=path, ack="manual", wait_for_owner=True)
+    q.put("newer")
+    got = drain(q)
+    bodies = [m.body for m in got]
+    acked_ids, held_ids = set(read_log(acked)), set(read_log(held))
+    assert len(acked_ids) == 20 and len(held_ids) == 5
+    assert not acked_ids & set(bodies), "an acked message never comes back"
+    assert set(bodies) == set(range(n)) - acked_ids | {"newer"}, "nothing unacked is lost"
+    assert bodies[-1] == "newer", "recovered messages come before newer puts"
+    assert {m.body: m.attempts for m in got if m.body in held_ids} == dict.fromkeys(held_ids, 2)
+
+
+@pytest.mark.parametrize("after_commit", [False, True], ids=["before-commit", "after-commit"])
+def test_owner_killed_inside_the_ack_transaction(
+    ctx: Any, tmp_path: Path, after_commit: bool
+) -> None:
+    path, n, acked = tmp_path / "q", 30, tmp_path / "acked.log"
+    owner = ctx.Process(
+        target=owner_dying_in_ack,
+        args=(str(path), n, after_commit, str(acked), ctx.get_start_method()),
+    )
+    owner.start()
+    owner.join(TIMEOUT)
+    assert owner.exitcode == -signal.SIGKILL
+    q = durableq.Queue(path=path, ack="manual", wait_for_owner=True)
+    bodies = [m.body for m in drain(q)]
+    acked_ids, done_ids = set(read_log(acked)), set(read_log(Path(f"{acked}.done")))
+    assert acked_ids, "some acks were confirmed before the owner died"
+    assert not acked_ids & set(bodies), "a confirmed ack never comes back"
+    assert done_ids | set(bodies) == set(range(n)), "done or re-run, never lost"
