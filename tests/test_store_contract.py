@@ -166,3 +166,27 @@ class TestDiskcacheStore(StoreContract):
         assert clone.counts().ready == 1
         s.close()
         clone.close()
+
+
+def test_concurrent_puts_share_commits(tmp_path: Path) -> None:
+    import threading
+
+    s = DiskcacheStore(tmp_path / "q", sync="full")
+    start = threading.Barrier(8)
+
+    def put_50() -> None:
+        start.wait()
+        for i in range(50):
+            s.put_many([b"%d" % i])
+
+    threads = [threading.Thread(target=put_50) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    counts = s.counts()
+    assert (counts.ready, counts.put_total) == (400, 400)
+    assert s.commits < 400, "concurrent producers must share fsyncs"
+    ids = [x.token.id for x in s.lease("me", 400, now=T0, ttl=30)]
+    assert sorted(ids) == list(range(1, 401))
+    s.close()
