@@ -141,6 +141,19 @@ def ack_everything(q: durableq.Queue, acked_log: str) -> None:
         return
 
 
+def block_in_get(q: durableq.Queue, waiting: Any) -> None:
+    waiting.set()
+    q.get()  # blocks: the queue is empty
+
+
+def put_batches(q: durableq.Queue, logfile: str, going: Any) -> None:
+    for batch in range(10_000):
+        q.put_many([(batch, i) for i in range(100)])
+        log(logfile, batch)
+        if batch == 5:
+            going.set()
+
+
 # -- the kill points ----------------------------------------------------------------------
 
 
@@ -223,3 +236,37 @@ def test_owner_killed_inside_the_ack_transaction(
     assert acked_ids, "some acks were confirmed before the owner died"
     assert not acked_ids & set(bodies), "a confirmed ack never comes back"
     assert done_ids | set(bodies) == set(range(n)), "done or re-run, never lost"
+
+
+def test_consumer_killed_inside_get_wedges_no_one(ctx: Any, tmp_path: Path) -> None:
+    # With mp.Queue a consumer killed while blocked in get() dies holding the shared read
+    # lock, and every other consumer blocks forever. Here nothing is shared.
+    q = durableq.Queue(path=tmp_path / "q", ctx=ctx)
+    waiting = ctx.Event()
+    victim = ctx.Process(target=block_in_get, args=(q, waiting))
+    victim.start()
+    assert waiting.wait(TIMEOUT)
+    victim.kill()
+    victim.join(TIMEOUT)
+    q.put("still flows")
+    logfile = tmp_path / "survivor.log"
+    survivor = ctx.Process(target=consume_all, args=(q, str(logfile)))
+    survivor.start()
+    survivor.join(TIMEOUT)
+    assert logfile.read_text() == "still flows\n"
+
+
+def test_producer_killed_mid_put_many_stores_whole_batches(ctx: Any, tmp_path: Path) -> None:
+    q = durableq.Queue(path=tmp_path / "q", ctx=ctx)
+    logfile, going = tmp_path / "batches.log", ctx.Event()
+    producer = ctx.Process(target=put_batches, args=(q, str(logfile), going))
+    producer.start()
+    assert going.wait(TIMEOUT)
+    producer.kill()
+    producer.join(TIMEOUT)
+    batches: dict[int, list[int]] = {}
+    for msg in drain(q):
+        batch, i = msg.body
+        batches.setdefault(batch, []).append(i)
+    assert set(read_log(logfile)) <= set(batches), "every batch whose put_many returned"
+    assert all(items == list(range(100)) for items in batches.values()), "all or nothing"
