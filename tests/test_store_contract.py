@@ -141,7 +141,8 @@ class TestDiskcacheStore(StoreContract):
         s.ack([x.token for x in s.lease("me", 300, now=T0, ttl=30)])
         s.collect()
         con = sqlite3.connect(tmp_path / "q" / "cache.db")
-        assert con.execute("SELECT count(*) FROM dq_message").fetchone() == (0,)
+        # Only the newest stays, emptied, so its id is never handed out again.
+        assert con.execute("SELECT id, body FROM dq_message").fetchall() == [(300, b"")]
         con.close()
         assert s.counts().acked_total == 300
         s.close()
@@ -189,4 +190,22 @@ def test_concurrent_puts_share_commits(tmp_path: Path) -> None:
     assert s.commits < 400, "concurrent producers must share fsyncs"
     ids = [x.token.id for x in s.lease("me", 400, now=T0, ttl=30)]
     assert sorted(ids) == list(range(1, 401))
+    s.close()
+
+
+def test_ids_are_never_reused_after_the_queue_drains(tmp_path: Path) -> None:
+    s = DiskcacheStore(tmp_path / "q")
+    for _ in range(3):
+        (id_,) = s.put_many([b"x"])
+        (leased,) = s.lease("me", 1, now=T0, ttl=30)
+        s.ack([leased.token])
+        s.collect()
+    assert id_ == 3
+    s.close()
+    s = DiskcacheStore(tmp_path / "q")
+    assert s.put_many([b"y"]) == [4]
+    assert s.counts().put_total == 4
+    con = sqlite3.connect(tmp_path / "q" / "cache.db")
+    assert con.execute("SELECT count(*) FROM dq_message").fetchone() == (2,)  # tombstone + y
+    con.close()
     s.close()

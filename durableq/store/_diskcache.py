@@ -49,7 +49,7 @@ _READY, _IN_FLIGHT, _DONE, _DEAD = (
 
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS dq_message (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     state INTEGER NOT NULL,
     priority INTEGER NOT NULL DEFAULT {int(Priority.MEDIUM)},
     due REAL NOT NULL DEFAULT 0,
@@ -284,6 +284,9 @@ class DiskcacheStore:
         try:
             with self._write(con):
                 for s in batch:
+                    if len(s.rows) == 1:
+                        s.ids = [con.execute(_INSERT, s.rows[0]).lastrowid]  # type: ignore[list-item]
+                        continue
                     con.executemany(_INSERT, s.rows)
                     (last,) = con.execute("SELECT last_insert_rowid()").fetchone()
                     s.ids = list(range(last - len(s.rows) + 1, last + 1))
@@ -347,7 +350,18 @@ class DiskcacheStore:
         con = self._messages()
         try:
             with self._write(con) if wait else self._try_write(con):
-                con.executemany("DELETE FROM dq_message WHERE id = ?", done)
+                # The newest row stays as an empty tombstone: SQLite picks max(id) + 1 for
+                # a new row, and an id must never come back (the ledger is keyed by it).
+                # Cheaper than AUTOINCREMENT, which costs a second write on every put.
+                (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
+                con.executemany(
+                    "DELETE FROM dq_message WHERE id = ?", [r for r in done if r[0] != top]
+                )
+                con.execute(f"DELETE FROM dq_message WHERE state = {_DONE} AND id < ?", (top,))
+                if (top,) in done:
+                    con.execute(
+                        f"UPDATE dq_message SET state = {_DONE}, body = x'' WHERE id = ?", (top,)
+                    )
                 con.executemany(
                     f"UPDATE dq_message SET state = {_DEAD}, attempts = ? WHERE id = ?",
                     [(attempts, id_) for id_, attempts in dead],
@@ -401,13 +415,13 @@ class DiskcacheStore:
         )[0]
         ledger = dict(self._read("SELECT state, count(*) FROM dq_delivery GROUP BY state"))
         (dead,) = self._read(f"SELECT count(*) FROM q.dq_message WHERE state = {_DEAD}")[0]
-        put_total = self._read("SELECT seq FROM q.sqlite_sequence WHERE name = 'dq_message'")
+        (put_total,) = self._read("SELECT max(id) FROM q.dq_message")[0]
         (acked,) = self._read("SELECT value FROM dq_meta WHERE name = 'acked_total'")[0]
         return Counts(
             ready=ready,
             in_flight=ledger.get(_IN_FLIGHT, 0),
             dead=dead + ledger.get(_DEAD, 0),
-            put_total=put_total[0][0] if put_total else 0,
+            put_total=put_total or 0,
             acked_total=acked,
         )
 
