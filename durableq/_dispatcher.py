@@ -34,12 +34,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _wire as w
 from ._records import Fault, LeaseToken
 from .store import Store
 
+T = TypeVar("T")
 log = logging.getLogger("durableq")
 
 #: Seconds a waiting consumer may go without the store being re-checked. A message whose
@@ -378,14 +379,12 @@ class Dispatcher(threading.Thread):
         if self.release_slot is not None:
             for _ in leased:
                 self.release_slot()
-        # Each waiter gets one share in turn, so a small backlog spreads over consumers.
-        start = 0
-        while start < len(leased) and self._waiters:
-            share = max(1, (len(leased) - start) // len(self._waiters))
-            c = self._waiters.popleft()
+        waiters = list(self._waiters)
+        for c, batch in zip(waiters, share(leased, [c.credit for c in waiters]), strict=True):
+            if not batch:
+                continue
+            self._waiters.remove(c)
             c.waiting = False
-            batch = leased[start : start + min(share, c.credit)]
-            start += len(batch)
             for token, _ in batch:
                 if self.ack_on_send:
                     self._acks.append(token)  # at-most-once: settled as it leaves
@@ -404,3 +403,26 @@ class Dispatcher(threading.Thread):
             c.send(frame)
         except OSError:
             self._drop(c)
+
+
+def share(items: Sequence[T], credits: Sequence[int]) -> list[list[T]]:
+    """Deal ``items`` round-robin to consumers, none past its credit.
+
+    Every item goes to someone as long as ``len(items) <= sum(credits)`` (the lease asked
+    for no more): a small backlog spreads over the waiting consumers instead of filling
+    the first one's buffer.
+    """
+    hands: list[list[T]] = [[] for _ in credits]
+    open_seats = [i for i, credit in enumerate(credits) if credit > 0]
+    k = 0
+    for item in items:
+        if not open_seats:
+            raise ValueError(f"{len(items)} items for credits summing to {sum(credits)}")
+        k %= len(open_seats)
+        seat = open_seats[k]
+        hands[seat].append(item)
+        if len(hands[seat]) >= credits[seat]:
+            del open_seats[k]
+        else:
+            k += 1
+    return hands

@@ -1,0 +1,63 @@
+"""The dispatcher's pure parts, and its delivery to many consumers at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue as pyqueue
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+import durableq
+from durableq._dispatcher import share
+
+from .conftest import TIMEOUT
+
+
+@given(st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=8), st.data())
+def test_share_deals_every_item_within_credit(credits: list[int], data: Any) -> None:
+    n = data.draw(st.integers(min_value=0, max_value=sum(credits)))
+    hands = share(list(range(n)), credits)
+    assert sorted(x for hand in hands for x in hand) == list(range(n))
+    assert all(len(hand) <= credit for hand, credit in zip(hands, credits, strict=True))
+
+
+def test_share_spreads_a_small_backlog() -> None:
+    assert share([1, 2, 3], [8, 1, 8]) == [[1], [2], [3]]
+    assert share([1, 2, 3, 4], [8, 1, 8]) == [[1, 4], [2], [3]]
+    assert [len(h) for h in share(list(range(9)), [8, 1])] == [8, 1]
+
+
+def count_until_empty(q: durableq.Queue, work: float, counts: Any, slot: int) -> None:
+    import time
+
+    while True:
+        try:
+            q.get(timeout=1.0)
+        except pyqueue.Empty:
+            return
+        counts[slot] += 1
+        end = time.perf_counter() + work
+        while time.perf_counter() < end:
+            pass
+
+
+def test_consumers_of_different_speeds_leave_nothing_in_flight(tmp_path: Path) -> None:
+    # Regression: leases were dealt past the waiters' credits and some stayed in flight.
+    ctx = multiprocessing.get_context("spawn")
+    q = durableq.Queue(path=tmp_path / "q", ctx=ctx)
+    q.put_many(range(3000))
+    counts = ctx.Array("i", 3)
+    procs = [
+        ctx.Process(target=count_until_empty, args=(q, work, counts, i))
+        for i, work in enumerate((0.0, 0.0005, 0.002))
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT)
+    stats = q.stats()
+    assert sum(counts) == 3000
+    assert (stats["ready"], stats["in_flight"], stats["acked_total"]) == (0, 0, 3000)
