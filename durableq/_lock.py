@@ -15,8 +15,17 @@ from ._errors import QueueLocked
 
 _owned: set[str] = set()
 _owned_lock = threading.Lock()
-# lockf locks are not inherited by fork(), so neither is our record of them.
-os.register_at_fork(after_in_child=_owned.clear)
+
+
+def _after_fork_in_child() -> None:
+    # lockf locks are not inherited by fork(), so neither is our record of them; and the
+    # lock guarding it may have been held by a thread that does not exist in the child.
+    global _owned_lock
+    _owned.clear()
+    _owned_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class OwnerLock:

@@ -209,3 +209,20 @@ def test_ids_are_never_reused_after_the_queue_drains(tmp_path: Path) -> None:
     assert con.execute("SELECT count(*) FROM dq_message").fetchone() == (2,)  # tombstone + y
     con.close()
     s.close()
+
+
+def test_a_child_forked_during_a_group_commit_can_still_put(tmp_path: Path) -> None:
+    import multiprocessing
+
+    s = DiskcacheStore(tmp_path / "q")
+    s._group_lock.acquire()  # as if another thread were mid-commit at fork() time
+    s._leading = True
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=s.put_many, args=([b"from the child"],))
+    child.start()
+    child.join(30)
+    s._leading = False
+    s._group_lock.release()
+    assert child.exitcode == 0
+    assert [x.payload for x in s.lease("me", 5, now=T0, ttl=30)] == [b"from the child"]
+    s.close()

@@ -22,6 +22,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, Final, TypeVar
@@ -460,6 +461,7 @@ class DiskcacheStore:
         self._init_process_state()
 
     def _init_process_state(self) -> None:
+        _live.add(self)
         self._local = threading.local()
         self._uncollected = 0
         self._group = []
@@ -469,6 +471,23 @@ class DiskcacheStore:
 
     def __repr__(self) -> str:
         return f"DiskcacheStore({self.path!r}, sync={self.sync!r})"
+
+
+# After fork() the child gets copies of locks another thread may have held and of the
+# parent's connections: give every store a fresh start there. The parent's connections are
+# kept unreferenced-but-alive rather than closed: closing them in the child could drop
+# locks the parent holds on the same files.
+_live: weakref.WeakSet[DiskcacheStore] = weakref.WeakSet()
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_live):
+        _inherited.append(store._local)
+        store._init_process_state()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Busy(Exception):
