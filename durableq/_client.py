@@ -53,7 +53,7 @@ def _say_bye(link: _Link) -> None:
         return
     unread = [token for token, _ in link.buffer]
     try:
-        conn.send((w.BYE, link.acks + link.settle_on_exit, unread))
+        w.send(conn, (w.BYE, link.acks + link.settle_on_exit, unread))
     except OSError:
         pass  # the owner is gone: what we held is redelivered when the queue is reopened
     finally:
@@ -99,14 +99,14 @@ class Client:
 
     def send(self, frame: tuple[Any, ...]) -> None:
         try:
-            self._conn().send(frame)
+            w.send(self._conn(), frame)
         except OSError as exc:
             self._lost()
             raise OwnerGone(self.path, self.owner_pid) from exc
 
     def recv(self) -> tuple[Any, ...]:
         try:
-            return self._conn().recv()  # type: ignore[no-any-return]
+            return w.recv(self._conn())  # type: ignore[no-any-return]
         except (EOFError, OSError) as exc:
             self._lost()
             raise OwnerGone(self.path, self.owner_pid) from exc

@@ -62,7 +62,7 @@ class _Consumer:
     def send(self, frame: tuple[Any, ...]) -> None:
         if self.conn is None:
             raise OSError("orphaned leases have no connection")
-        self.conn.send(frame)
+        w.send(self.conn, frame)
 
 
 @dataclass
@@ -186,7 +186,7 @@ class Dispatcher(threading.Thread):
                 if not consumer.authed:
                     self._on_hello(consumer, obj.recv_bytes(w.HELLO_SIZE))
                 while not obj.closed and obj.poll():
-                    self._on_frame(consumer, obj.recv())
+                    self._on_frame(consumer, w.recv(obj))
             except (EOFError, OSError):
                 self._drop(consumer)
 

@@ -260,6 +260,8 @@ class DiskcacheStore:
             self._group.append(slot)
             lead = not self._leading
             self._leading = True
+            if not lead:
+                slot.done = threading.Event()  # only followers wait: the leader needs none
         if not lead:
             slot.done.wait()
             if not slot.lead:
@@ -272,11 +274,11 @@ class DiskcacheStore:
             with self._group_lock:
                 if self._group:
                     self._group[0].lead = True  # hand over: it commits what queued meanwhile
-                    self._group[0].done.set()
+                    self._group[0].done.set()  # queued while we led: so it is a follower
                 else:
                     self._leading = False
             for other in batch:
-                if other is not slot:
+                if other.done is not None:
                     other.done.set()
         return slot.result()
 
@@ -501,7 +503,7 @@ class _Slot:
 
     def __init__(self, rows: list[tuple[int, float, float, bytes]]) -> None:
         self.rows = rows
-        self.done = threading.Event()
+        self.done: threading.Event = None  # type: ignore[assignment]
         self.lead = False
         self.ids: list[int] = []
         self.error: BaseException | None = None
