@@ -37,6 +37,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
 
 from . import _wire as w
+from ._errors import StoreError
 from ._records import Fault, LeaseToken
 from .store import Store
 
@@ -46,6 +47,8 @@ log = logging.getLogger("durableq")
 #: Seconds a waiting consumer may go without the store being re-checked. A message whose
 #: producer was killed between its commit and its notification is found by this check.
 SAFETY_CHECK = 5.0
+#: Seconds between retries while the store fails (disk full, I/O error, lock timeout).
+STORE_RETRY = 0.5
 
 
 @dataclass(eq=False)
@@ -117,6 +120,7 @@ class Dispatcher(threading.Thread):
         self._requeue: list[LeaseToken] = []
         self._bury: list[LeaseToken] = []
         self._maybe_ready = True
+        self._store_failing = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -139,7 +143,13 @@ class Dispatcher(threading.Thread):
                 for obj in ready:
                     self._on_ready(obj)
                 self._expire_leases(time.time())
-                self._flush()
+                try:
+                    self._flush()
+                    self._store_failing = False
+                except StoreError as exc:
+                    # Disk full, I/O error, lock timeout: what was not applied stays queued
+                    # here and is retried every STORE_RETRY seconds; consumers keep waiting.
+                    self._store_failed(exc)
         except BaseException as exc:
             self.broken = exc
             log.exception("durableq dispatcher stopped by an error")
@@ -170,6 +180,8 @@ class Dispatcher(threading.Thread):
             timeout = max(0.0, self._expiry[0][0] - time.time())
         if self._waiters:
             timeout = SAFETY_CHECK if timeout is None else min(timeout, SAFETY_CHECK)
+        if self._store_failing:
+            timeout = STORE_RETRY if timeout is None else min(timeout, STORE_RETRY)
         return timeout
 
     # -- input ------------------------------------------------------------------------------
@@ -235,12 +247,19 @@ class Dispatcher(threading.Thread):
             c.said_bye = True
             self._drop(c)
 
+    def _store_failed(self, exc: StoreError) -> None:
+        if not self._store_failing:
+            self.on_fault(Fault("store-failed", time.time(), str(exc)))
+        self._store_failing = True
+
     def _reply(self, c: _Consumer, fn: Callable[[], Any]) -> None:
         try:
             c.send((w.RESULT, fn()))
         except (EOFError, OSError):
             raise
         except Exception as exc:
+            if isinstance(exc, StoreError):
+                self._store_failed(exc)  # recorded before the caller hears of it
             c.send((w.RESULT, None, exc))
 
     def call(self, name: str) -> Any:
@@ -344,20 +363,21 @@ class Dispatcher(threading.Thread):
     # -- output -----------------------------------------------------------------------------
 
     def _apply(self, final_requeue: Sequence[LeaseToken] = ()) -> None:
+        # Each list is cleared only once the store took it: a failure leaves it for a retry.
         if self._acks:
-            acks, self._acks = self._acks, []
-            self.counters.acked += self.store.ack(acks)
+            self.counters.acked += self.store.ack(self._acks)
+            self._acks = []
         requeue = self._requeue + list(final_requeue)
         if requeue:
-            self._requeue = []
             self.counters.nacked += self.store.nack(requeue, requeue=True)
+            self._requeue = []
             self._maybe_ready = True
             if self.take_slot is not None:
                 for _ in requeue:
                     self.take_slot()
         if self._bury:
-            bury, self._bury = self._bury, []
-            self.counters.nacked += self.store.nack(bury, requeue=False)
+            self.counters.nacked += self.store.nack(self._bury, requeue=False)
+            self._bury = []
 
     def _flush(self) -> None:
         self._apply()

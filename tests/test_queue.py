@@ -382,3 +382,28 @@ def test_a_stranger_on_the_socket_is_dropped_before_anything_is_unpickled(
         conn.close()
     assert not marker.exists()
     assert q.get(timeout=TIMEOUT) == "safe"
+
+
+class FlakyAckStore(durableq.DiskcacheStore):
+    failing = False
+
+    def ack(self, tokens: Any) -> int:
+        if self.failing:
+            raise durableq.StoreError("I/O error (simulated)")
+        return super().ack(tokens)
+
+
+def test_acks_the_store_refuses_are_kept_and_applied_once_it_recovers(tmp_path: Path) -> None:
+    store = FlakyAckStore(tmp_path / "q")
+    q = durableq.Queue(store=store, ack="manual")
+    q.put_many(["a", "b"])
+    msg = q.get_message(timeout=TIMEOUT)
+    store.failing = True
+    msg.ack()
+    with pytest.raises(durableq.StoreError, match="I/O error"):
+        q.stats()  # the owner reports the failing store instead of dying
+    assert q.fault.is_set()
+    assert "store-failed" in [f.kind for f in q.faults()]
+    store.failing = False
+    assert q.stats()["acked_total"] == 1, "the refused ack was kept and applied"
+    assert q.get_message(timeout=TIMEOUT).body == "b", "the owner still serves"
