@@ -263,6 +263,15 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             return self._owner_store
         return self._shared.store
 
+    def _note_fault(self, fault: Fault) -> None:
+        """Record a fault seen in this process: the shared Event, this process's list, and
+        the store's log when reachable."""
+        self._faults.append(fault)
+        self._shared.fault.set()
+        store = self._store()
+        if store is not None:
+            store.record_fault(fault)
+
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
@@ -276,8 +285,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         try:
             store.put_many(payloads)
         except StoreError as exc:
-            self._shared.fault.set()
-            self._faults.append(Fault("store-failed", time.time(), str(exc)))
+            self._note_fault(Fault("store-failed", time.time(), str(exc)))
             raise
         client.notify_put(len(payloads))
 
@@ -330,9 +338,9 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             body = self._shared.serializer.loads(payload)
         except Exception as exc:
             client.nack([token], requeue=False)  # kept as dead, never silently dropped
-            raise DurableQError(
-                f"message {token.id} cannot be deserialized here ({exc!r}); it was moved to dead"
-            ) from exc
+            detail = f"message {token.id} cannot be deserialized ({exc!r}); moved to dead"
+            self._note_fault(Fault("undecodable-message", time.time(), detail))
+            raise DurableQError(detail) from exc
         return Message(self._client, token, body)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:

@@ -407,3 +407,15 @@ def test_acks_the_store_refuses_are_kept_and_applied_once_it_recovers(tmp_path: 
     store.failing = False
     assert q.stats()["acked_total"] == 1, "the refused ack was kept and applied"
     assert q.get_message(timeout=TIMEOUT).body == "b", "the owner still serves"
+
+
+def test_an_undecodable_message_is_buried_and_reported(qpath: Path) -> None:
+    q = durableq.Queue(path=qpath)
+    q._owner_store.put_many([b"\x09not a payload"])
+    q.put("next")
+    with pytest.raises(durableq.DurableQError, match="cannot be deserialized"):
+        q.get(timeout=TIMEOUT)
+    assert q.get(timeout=TIMEOUT) == "next"
+    assert q.fault.is_set()
+    assert "undecodable-message" in [f.kind for f in q.faults()]
+    assert q.stats()["dead"] == 1
