@@ -158,6 +158,12 @@ class Dispatcher(threading.Thread):
             self._shutdown()
 
     def _shutdown(self) -> None:
+        # Frames already sent to us (a consumer's last acks, its BYE) still count.
+        try:
+            for obj in wait(list(self._consumers), 0):
+                self._on_ready(obj)
+        except Exception as exc:
+            log.warning("durableq: could not read the last frames at shutdown: %s", exc)
         held = [token for token, _ in self._leases.values()]
         try:
             self._apply(final_requeue=held)

@@ -61,3 +61,31 @@ def test_consumers_of_different_speeds_leave_nothing_in_flight(tmp_path: Path) -
     stats = q.stats()
     assert sum(counts) == 3000
     assert (stats["ready"], stats["in_flight"], stats["acked_total"]) == (0, 0, 3000)
+
+
+def test_acks_already_sent_when_the_owner_stops_are_applied() -> None:
+    import threading
+
+    store = durableq.MemoryStore()
+    q = durableq.Queue(store=store, ack="manual")
+    q.put_many(["a", "b"])
+    first, second = q.get_message(timeout=TIMEOUT), q.get_message(timeout=TIMEOUT)
+    d = q._dispatcher
+    entered, gate = threading.Event(), threading.Event()
+    flush = d._flush
+
+    def held_flush() -> None:
+        entered.set()
+        gate.wait(TIMEOUT)
+        flush()
+
+    d._flush = held_flush  # type: ignore[method-assign]
+    first.ack()  # wakes the dispatcher, which now waits in its flush
+    assert entered.wait(TIMEOUT)
+    second.ack()  # sits unread on the socket
+    d.stopping = True
+    gate.set()
+    d.join(TIMEOUT)
+    counts = store.counts()
+    assert (counts.acked_total, counts.in_flight, counts.ready) == (2, 0, 0)
+    del q
