@@ -160,7 +160,7 @@ class Dispatcher(threading.Thread):
     def _shutdown(self) -> None:
         # Frames already sent to us (a consumer's last acks, its BYE) still count.
         try:
-            for obj in wait(list(self._consumers), 0):
+            for obj in wait([c for c in self._consumers if c is not None], 0):
                 self._on_ready(obj)
         except Exception as exc:
             log.warning("durableq: could not read the last frames at shutdown: %s", exc)

@@ -226,3 +226,41 @@ def test_a_child_forked_during_a_group_commit_can_still_put(tmp_path: Path) -> N
     assert child.exitcode == 0
     assert [x.payload for x in s.lease("me", 5, now=T0, ttl=30)] == [b"from the child"]
     s.close()
+
+
+def test_children_forked_while_threads_use_sqlite_do_not_hang(tmp_path: Path) -> None:
+    # Regression: a child forked while another thread was inside SQLite inherited one of
+    # its C mutexes locked and hung on its first call (about half the forks).
+    import multiprocessing
+    import threading
+
+    s = DiskcacheStore(tmp_path / "q")
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            s.put_many([b"x"])
+            s.counts()
+            other = DiskcacheStore(s.path)
+            other.has_ready(0)
+            other.close()
+
+    threads = [threading.Thread(target=busy) for _ in range(2)]
+    for t in threads:
+        t.start()
+    ctx = multiprocessing.get_context("fork")
+    try:
+        for _ in range(40):
+            child = ctx.Process(target=s.put_many, args=([b"child"],))
+            child.start()
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+                child.join()
+                pytest.fail("a forked child hung in SQLite")
+            assert child.exitcode == 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    s.close()

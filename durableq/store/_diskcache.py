@@ -18,6 +18,7 @@ statement (docs/design.md). diskcache types never leave this module.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -91,6 +92,77 @@ _SETTLE: Final = (
 )
 
 
+class _ForkGuard:
+    """Threads enter SQLite together; fork() waits until none is inside.
+
+    A thread inside SQLite may hold one of its C mutexes (the VFS's file-lock table, the
+    allocator); a child forked at that moment inherits it locked and hangs on its first
+    SQLite call (seen in half the forks of a store-busy process). So every store verb runs
+    in ``shared()``, and a fork handler waits for them to finish and holds new ones back
+    until the child exists. Re-entrant per thread: a verb may call another.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inside = 0
+        self._forking = False
+        self._depth = threading.local()
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            with self._cond:
+                while self._forking:
+                    self._cond.wait()
+                self._inside += 1
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            if depth == 0:
+                with self._cond:
+                    self._inside -= 1
+                    if not self._inside:
+                        self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        if getattr(self._depth, "n", 0):
+            return  # forking from inside a verb: nothing to wait for that would ever end
+        self._cond.acquire()
+        self._forking = True
+        while self._inside:
+            self._cond.wait()
+        # keep holding the lock through fork(): no thread can enter SQLite meanwhile
+
+    def after_fork_in_parent(self) -> None:
+        if self._forking:
+            self._forking = False
+            self._cond.notify_all()
+            self._cond.release()
+
+    def after_fork_in_child(self) -> None:
+        self.__init__()  # type: ignore[misc]  # the parent's threads do not exist here
+
+
+_guard = _ForkGuard()
+os.register_at_fork(
+    before=_guard.before_fork,
+    after_in_parent=_guard.after_fork_in_parent,
+    after_in_child=_guard.after_fork_in_child,
+)
+
+
+def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with _guard.shared():
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
@@ -113,6 +185,7 @@ class DiskcacheStore:
     #: Put transactions committed by this process (group commit makes it < puts).
     commits: int
 
+    @_guarded
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -146,8 +219,9 @@ class DiskcacheStore:
                 raise ConfigurationError(
                     f"{self.path} holds queue format {stored!r}; this durableq reads {FORMAT}"
                 )
-            self._messages().executescript(_SCHEMA)
-            self._ledger().executescript(_LEDGER_SCHEMA)
+            messages, ledger = self._messages(), self._ledger()
+            self._busy_retry("create", lambda: messages.executescript(_SCHEMA))
+            self._busy_retry("create", lambda: ledger.executescript(_LEDGER_SCHEMA))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open queue store {self.path}: {exc}") from exc
 
@@ -160,7 +234,8 @@ class DiskcacheStore:
             isolation_level=None,
             check_same_thread=False,
         )
-        con.execute("PRAGMA journal_mode = WAL")
+        # Even a no-op journal_mode pragma may find a writer's lock: retry like any write.
+        self._busy_retry("open", lambda: con.execute("PRAGMA journal_mode = WAL"))
         con.execute(f"PRAGMA synchronous = {_SYNC[self.sync]}")
         return con
 
@@ -183,7 +258,8 @@ class DiskcacheStore:
         local = self._connections()
         if local.ledger is None:
             con = self._connect(_LEDGER)
-            con.execute("ATTACH DATABASE ? AS q", (os.path.join(self.path, _DB),))
+            messages = os.path.join(self.path, _DB)
+            self._busy_retry("open", lambda: con.execute("ATTACH DATABASE ? AS q", (messages,)))
             local.ledger = con
         return local.ledger  # type: ignore[no-any-return]
 
@@ -245,6 +321,7 @@ class DiskcacheStore:
 
     # -- producers ----------------------------------------------------------------------
 
+    @_guarded
     def put_many(
         self, payloads: Sequence[bytes], *, priority: int = Priority.MEDIUM, due: float = 0.0
     ) -> list[int]:
@@ -304,6 +381,7 @@ class DiskcacheStore:
 
     # -- the owner's verbs: they write the ledger only --------------------------------------
 
+    @_guarded
     def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
         con = self._ledger()
         with self._write(con, "BEGIN"):
@@ -321,6 +399,7 @@ class DiskcacheStore:
                 )
         return applied
 
+    @_guarded
     def ack(self, tokens: Sequence[LeaseToken]) -> int:
         if not tokens:
             return 0
@@ -330,6 +409,7 @@ class DiskcacheStore:
             self.collect(wait=False)
         return applied
 
+    @_guarded
     def nack(self, tokens: Sequence[LeaseToken], *, requeue: bool) -> int:
         if not tokens:
             return 0
@@ -338,6 +418,7 @@ class DiskcacheStore:
             self._uncollected += applied
         return applied
 
+    @_guarded
     def collect(self, *, wait: bool = True) -> int:
         """Remove acked messages from the message file and bury dead ones there.
 
@@ -394,6 +475,7 @@ class DiskcacheStore:
             raise
         con.execute("COMMIT")
 
+    @_guarded
     def requeue_expired(self, now: float) -> int:
         con = self._ledger()
         with self._write(con, "BEGIN"):
@@ -408,9 +490,11 @@ class DiskcacheStore:
 
     # -- reads: any process -------------------------------------------------------------------
 
+    @_guarded
     def has_ready(self, now: float) -> bool:
         return bool(self._read(_CANDIDATES, (now, 1)))
 
+    @_guarded
     def counts(self) -> Counts:
         (ready,) = self._read(
             f"SELECT count(*) FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id "
@@ -428,6 +512,7 @@ class DiskcacheStore:
             acked_total=acked,
         )
 
+    @_guarded
     def record_fault(self, fault: Fault) -> None:
         con = self._messages()
         try:
@@ -439,12 +524,14 @@ class DiskcacheStore:
         except StoreError:
             pass  # the store is what failed; the caller keeps the fault in memory too
 
+    @_guarded
     def faults(self, limit: int = 100) -> list[Fault]:
         rows = self._read(
             "SELECT kind, time, detail FROM q.dq_fault ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [Fault(*row) for row in reversed(rows)]
 
+    @_guarded
     def close(self) -> None:
         local = self._local
         if getattr(local, "pid", None) == os.getpid():
