@@ -418,7 +418,8 @@ class Dispatcher(threading.Thread):
                     self._leases[token.id] = (token, c)
                     c.held[token.id] = token
                     self._expiry.append((now + self.ttl, token))
-            self._send(c, (w.MSGS, batch))
+            # Plain tuples on the wire: pickling a NamedTuple calls back into Python.
+            self._send(c, (w.MSGS, [(tuple(token), payload) for token, payload in batch]))
         for c in [c for c in self._waiters if c.nowait]:
             self._waiters.remove(c)
             c.waiting = False

@@ -333,7 +333,8 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
     def _take(self, block: bool, timeout: float | None) -> Message[Any]:
         self._check_open()
         client = self._client()
-        token, payload = client.take(block, timeout)
+        raw, payload = client.take(block, timeout)
+        token = LeaseToken(*raw)
         try:
             body = self._shared.serializer.loads(payload)
         except Exception as exc:

@@ -43,7 +43,7 @@ _SYNC: Final = {"normal": "NORMAL", "full": "FULL"}
 #: Acked rows collected per transaction on the message file. Uncollected rows sit at the
 #: head of the delivery order and every lease skips them: small keeps leases cheap, large
 #: takes the producers' lock less often.
-GC_BATCH: Final = 64
+GC_BATCH: Final = 256
 
 _READY, _IN_FLIGHT, _DONE, _DEAD = (
     int(s) for s in (State.READY, State.IN_FLIGHT, State.DONE, State.DEAD)
