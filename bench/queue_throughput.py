@@ -12,10 +12,8 @@ diskcache, which are far slower), ``--backlog`` (the large backlog), ``--latency
 ``bench/results/queue_throughput.json`` (``--out`` to change).
 
 What is measured, all with the "fork" start method, every queue used from child processes.
-Every child is forked before any process touches the queue, and all start together on an
-Event: a child forked while the owner's dispatcher thread is inside SQLite can inherit a
-lock held by that thread and hang in its first put (seen here as a producer stuck in
-``sqlite3.connect``), which is a durableq/fork problem, not a throughput figure.
+Every child is forked before the clock starts, and all start together on an Event, so
+process start-up is not part of any rate.
 
 1. put -> get -> ack throughput, 1 producer process -> 1 consumer process, messages
    ``{"id": i, "payload": "x" * 32}``: from the producers' first put to the consumers having
