@@ -18,28 +18,24 @@ statement (docs/design.md). diskcache types never leave this module.
 
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, ClassVar, Final, TypeVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, Final
 
 import diskcache
 
-from .._errors import ConfigurationError, StoreError, StoreTimeout
+from .._errors import ConfigurationError, StoreError
 from .._records import Counts, Fault, Leased, LeaseToken, Priority, State
-
-T = TypeVar("T")
+from ._sqlite import SYNC, Busy, SQLiteFiles, guarded
 
 FORMAT: Final = 1
 _FORMAT_KEY: Final = "durableq.format"
 _DB: Final = "cache.db"  # diskcache's database file name
 _LEDGER: Final = "owner.db"
-_SYNC: Final = {"normal": "NORMAL", "full": "FULL"}
 #: Acked rows collected per transaction on the message file. Uncollected rows sit at the
 #: head of the delivery order and every lease skips them: small keeps leases cheap, large
 #: takes the producers' lock less often.
@@ -92,82 +88,8 @@ _SETTLE: Final = (
 )
 
 
-class _ForkGuard:
-    """Threads enter SQLite together; fork() waits until none is inside.
 
-    A thread inside SQLite may hold one of its C mutexes (the VFS's file-lock table, the
-    allocator); a child forked at that moment inherits it locked and hangs on its first
-    SQLite call (seen in half the forks of a store-busy process). So every store verb runs
-    in ``shared()``, and a fork handler waits for them to finish and holds new ones back
-    until the child exists. Re-entrant per thread: a verb may call another.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._inside = 0
-        self._forking = False
-        self._depth = threading.local()
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        depth = getattr(self._depth, "n", 0)
-        if depth == 0:
-            with self._cond:
-                while self._forking:
-                    self._cond.wait()
-                self._inside += 1
-        self._depth.n = depth + 1
-        try:
-            yield
-        finally:
-            self._depth.n = depth
-            if depth == 0:
-                with self._cond:
-                    self._inside -= 1
-                    if not self._inside:
-                        self._cond.notify_all()
-
-    def before_fork(self) -> None:
-        if getattr(self._depth, "n", 0):
-            return  # forking from inside a verb: nothing to wait for that would ever end
-        self._cond.acquire()
-        self._forking = True
-        while self._inside:
-            self._cond.wait()
-        # keep holding the lock through fork(): no thread can enter SQLite meanwhile
-
-    def after_fork_in_parent(self) -> None:
-        if self._forking:
-            self._forking = False
-            self._cond.notify_all()
-            self._cond.release()
-
-    def after_fork_in_child(self) -> None:
-        self.__init__()  # type: ignore[misc]  # the parent's threads do not exist here
-
-
-_guard = _ForkGuard()
-os.register_at_fork(
-    before=_guard.before_fork,
-    after_in_parent=_guard.after_fork_in_parent,
-    after_in_child=_guard.after_fork_in_child,
-)
-
-
-def _guarded(method: Callable[..., T]) -> Callable[..., T]:
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        with _guard.shared():
-            return method(*args, **kwargs)
-
-    return wrapper
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
-class DiskcacheStore:
+class DiskcacheStore(SQLiteFiles):
     """Messages in a diskcache directory; survives SIGKILL of any process (``sync="full"``:
     also power loss).
 
@@ -185,7 +107,7 @@ class DiskcacheStore:
     #: Put transactions committed by this process (group commit makes it < puts).
     commits: int
 
-    @_guarded
+    @guarded
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -194,7 +116,7 @@ class DiskcacheStore:
         size_limit: int | None = None,
         timeout: float = 10.0,
     ) -> None:
-        if sync not in _SYNC:
+        if sync not in SYNC:
             raise ConfigurationError(f"sync must be 'normal' or 'full', not {sync!r}")
         self.path = os.path.abspath(os.fspath(path))
         self.sync = sync
@@ -227,18 +149,6 @@ class DiskcacheStore:
 
     # -- connections and transactions -------------------------------------------------
 
-    def _connect(self, name: str) -> sqlite3.Connection:
-        con = sqlite3.connect(
-            os.path.join(self.path, name),
-            timeout=0,  # busy: handled by _busy_retry, far finer than SQLite's 1 ms naps
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        # Even a no-op journal_mode pragma may find a writer's lock: retry like any write.
-        self._busy_retry("open", lambda: con.execute("PRAGMA journal_mode = WAL"))
-        con.execute(f"PRAGMA synchronous = {_SYNC[self.sync]}")
-        return con
-
     def _connections(self) -> Any:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
@@ -263,65 +173,13 @@ class DiskcacheStore:
             local.ledger = con
         return local.ledger  # type: ignore[no-any-return]
 
-    def _busy_retry(self, step: str, fn: Callable[[], T]) -> T:
-        """Run ``fn``, retrying while another connection holds the lock.
-
-        SQLite's own busy handler naps 1, 2, 5, 10... ms; a collision with another short
-        transaction would lose milliseconds. Retrying from 20 us up, bounded by ``timeout``,
-        keeps a collision near the length of the other transaction.
-        """
-        delay, deadline = 20e-6, 0.0
-        while True:
-            try:
-                return fn()
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise self._error(step, exc) from exc
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self.timeout
-                elif now >= deadline:
-                    raise self._error(step, exc) from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 0.002)
-            except sqlite3.Error as exc:
-                raise self._error(step, exc) from exc
-
-    @contextmanager
-    def _write(self, con: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
-        # IMMEDIATE takes the write lock now: no deadlock upgrading a read lock later. The
-        # ledger uses a plain BEGIN: it has one writer, and IMMEDIATE would also lock the
-        # attached message file against producers.
-        self._busy_retry("begin", lambda: con.execute(begin))
-        try:
-            yield
-        except BaseException as exc:
-            con.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise self._error("write", exc) from exc
-            raise
-        try:
-            self._busy_retry("commit", lambda: con.execute("COMMIT"))
-        except StoreError:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         con = self._ledger()
         return self._busy_retry("read", lambda: con.execute(sql, args).fetchall())
 
-    def _error(self, step: str, exc: sqlite3.Error) -> StoreError:
-        if _is_busy(exc):
-            return StoreTimeout(
-                f"{self.path} stayed locked for {self.timeout:g} s during {step}; "
-                "raise timeout= or look for a stuck process"
-            )
-        return StoreError(f"{step} failed on {self.path}: {exc}")
-
     # -- producers ----------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def put_many(
         self, payloads: Sequence[bytes], *, priority: int = Priority.MEDIUM, due: float = 0.0
     ) -> list[int]:
@@ -381,7 +239,7 @@ class DiskcacheStore:
 
     # -- the owner's verbs: they write the ledger only --------------------------------------
 
-    @_guarded
+    @guarded
     def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
         con = self._ledger()
         with self._write(con, "BEGIN"):
@@ -399,7 +257,7 @@ class DiskcacheStore:
                 )
         return applied
 
-    @_guarded
+    @guarded
     def ack(self, tokens: Sequence[LeaseToken]) -> int:
         if not tokens:
             return 0
@@ -409,7 +267,7 @@ class DiskcacheStore:
             self.collect(wait=False)
         return applied
 
-    @_guarded
+    @guarded
     def nack(self, tokens: Sequence[LeaseToken], *, requeue: bool) -> int:
         if not tokens:
             return 0
@@ -418,7 +276,7 @@ class DiskcacheStore:
             self._uncollected += applied
         return applied
 
-    @_guarded
+    @guarded
     def collect(self, *, wait: bool = True) -> int:
         """Remove acked messages from the message file and bury dead ones there.
 
@@ -450,7 +308,7 @@ class DiskcacheStore:
                     f"UPDATE dq_message SET state = {_DEAD}, attempts = ? WHERE id = ?",
                     [(attempts, id_) for id_, attempts in dead],
                 )
-        except _Busy:
+        except Busy:
             return 0
         with self._write(ledger, "BEGIN"):
             ledger.executemany(
@@ -460,22 +318,7 @@ class DiskcacheStore:
         self._uncollected = 0
         return len(done) + len(dead)
 
-    @contextmanager
-    def _try_write(self, con: sqlite3.Connection) -> Iterator[None]:
-        try:
-            con.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
-                raise _Busy from exc
-            raise self._error("begin", exc) from exc
-        try:
-            yield
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
-
-    @_guarded
+    @guarded
     def requeue_expired(self, now: float) -> int:
         con = self._ledger()
         with self._write(con, "BEGIN"):
@@ -490,11 +333,11 @@ class DiskcacheStore:
 
     # -- reads: any process -------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def has_ready(self, now: float) -> bool:
         return bool(self._read(_CANDIDATES, (now, 1)))
 
-    @_guarded
+    @guarded
     def counts(self) -> Counts:
         (ready,) = self._read(
             f"SELECT count(*) FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id "
@@ -512,7 +355,7 @@ class DiskcacheStore:
             acked_total=acked,
         )
 
-    @_guarded
+    @guarded
     def record_fault(self, fault: Fault) -> None:
         con = self._messages()
         try:
@@ -524,14 +367,14 @@ class DiskcacheStore:
         except StoreError:
             pass  # the store is what failed; the caller keeps the fault in memory too
 
-    @_guarded
+    @guarded
     def faults(self, limit: int = 100) -> list[Fault]:
         rows = self._read(
             "SELECT kind, time, detail FROM q.dq_fault ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [Fault(*row) for row in reversed(rows)]
 
-    @_guarded
+    @guarded
     def close(self) -> None:
         local = self._local
         if getattr(local, "pid", None) == os.getpid():
@@ -577,10 +420,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _Busy(Exception):
-    """A non-waiting write found the lock taken."""
 
 
 class _Slot:
