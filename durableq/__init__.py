@@ -15,7 +15,8 @@ from ._errors import (
     StoreError,
     StoreTimeout,
 )
-from ._queue import JoinableQueue, Message, Queue
+from ._message import Message
+from ._queue import JoinableQueue, Queue
 from ._records import Counts, Fault, Leased, LeaseToken, Priority, State
 from ._serializer import Serializer
 from .store import DiskcacheStore, MemoryStore, Store

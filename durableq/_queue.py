@@ -18,24 +18,23 @@ import multiprocessing.queues
 import multiprocessing.synchronize
 import os
 import queue as pyqueue
-import shutil
-import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from multiprocessing import util
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from . import _wire as w
 from ._client import Client
 from ._dispatcher import Dispatcher
 from ._errors import ConfigurationError, DurableQError, StoreError
-from ._lock import OwnerLock
+from ._message import Message
+from ._owner import claim, fault_recorder, release_slot, shutdown_owner
 from ._records import Fault, LeaseToken
 from ._serializer import Serializer, get_serializer
-from .store import DiskcacheStore, Store
+from .store import Store
 
 T = TypeVar("T")
 AckMode = Literal["auto", "manual", "on_get"]
@@ -56,51 +55,6 @@ class _Shared:
     fault: Any  # multiprocessing.Event
     hungry: Any  # shared byte, 1 while a consumer waits for messages
     store: Store | None  # None when the store cannot be opened outside the owner
-
-
-class Message(Generic[T]):
-    """A delivered message, in flight until ``ack()`` or ``nack()``.
-
-    It may be settled from any thread of the process that received it. As a context
-    manager it acks when the block succeeds and nacks (requeue) on exception.
-    """
-
-    __slots__ = ("_client", "_settled", "attempts", "body", "id", "token")
-
-    def __init__(self, client: Callable[[], Client], token: LeaseToken, body: T) -> None:
-        self._client = client
-        self._settled = False
-        self.token = token
-        self.id: int = token.id
-        self.attempts: int = token.attempt
-        self.body: T = body
-
-    def _settle(self) -> Client:
-        if self._settled:
-            raise ValueError(f"message {self.id} was already acked or nacked")
-        self._settled = True
-        return self._client()
-
-    def ack(self) -> None:
-        """Finish the message: it is never delivered again."""
-        self._settle().ack([self.token])
-
-    def nack(self, requeue: bool = True) -> None:
-        """Give the message back: ready again (``requeue``) or dead, kept for inspection."""
-        self._settle().nack([self.token], requeue)
-
-    def __enter__(self) -> Message[T]:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if not self._settled:
-            if exc_type is None:
-                self.ack()
-            else:
-                self.nack(requeue=True)
-
-    def __repr__(self) -> str:
-        return f"<Message id={self.id} attempts={self.attempts} body={self.body!r}>"
 
 
 class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
@@ -156,25 +110,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         ctx = ctx or multiprocessing.get_context()
         super().__init__(maxsize, ctx=ctx)
 
-        tmpdir = None
-        if store is None:
-            if path is None:
-                path = tmpdir = tempfile.mkdtemp(prefix="durableq-")
-            lock_dir = os.path.abspath(os.fspath(path))
-            os.makedirs(lock_dir, mode=0o700, exist_ok=True)
-        else:
-            lock_dir = getattr(store, "path", "")
-        lock = OwnerLock(lock_dir, wait=wait_for_owner) if lock_dir else None
-        try:
-            if store is None:
-                store = DiskcacheStore(lock_dir, sync=sync)
-            elif not isinstance(store, Store):
-                raise TypeError(f"store must implement durableq.Store, not {type(store).__name__}")
-            store.requeue_expired(float("inf"))  # leases of earlier owners: all of them died
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            raise
+        store, lock, lock_dir, tmpdir = claim(path, store, sync=sync, wait=wait_for_owner)
 
         self._shared = _Shared(
             address=w.new_address(),
@@ -201,15 +137,15 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             secret=self._shared.secret,
             visibility_timeout=visibility_timeout,
             ack_on_send=ack == "on_get",
-            on_fault=_fault_recorder(self._faults, self._shared.fault, store),
-            release_slot=(lambda: _release(sem)) if self._bounded else None,
+            on_fault=fault_recorder(self._faults, self._shared.fault, store),
+            release_slot=(lambda: release_slot(sem)) if self._bounded else None,
             take_slot=(lambda: sem.acquire(False)) if self._bounded else None,
             hungry=self._shared.hungry,
             name=os.path.basename(lock_dir) if lock_dir else "memory",
         )
         self._dispatcher.start()
         self._shutdown = util.Finalize(
-            self, _shutdown_owner, args=(self._dispatcher, store, lock, tmpdir), exitpriority=-10
+            self, shutdown_owner, args=(self._dispatcher, store, lock, tmpdir), exitpriority=-10
         )
         self._init_local()
 
@@ -223,7 +159,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
 
     def _release_slot(self) -> None:
         if self._bounded:
-            _release(self._sem)
+            release_slot(self._sem)
 
     def _init_local(self) -> None:
         self._local = threading.local()
@@ -464,30 +400,3 @@ class JoinableQueue(Queue):
     def join(self) -> None:
         """Block until every item put has been acked (marked done)."""
         self._client().join()
-
-
-def _release(sem: Any) -> None:
-    try:
-        sem.release()
-    except ValueError:
-        pass  # a requeue already over-filled the slots: nothing to give back
-
-
-def _fault_recorder(faults: list[Fault], event: Any, store: Store) -> Callable[[Fault], None]:
-    def record(fault: Fault) -> None:
-        faults.append(fault)
-        event.set()
-        store.record_fault(fault)
-
-    return record
-
-
-def _shutdown_owner(
-    dispatcher: Dispatcher, store: Store, lock: OwnerLock | None, tmpdir: str | None
-) -> None:
-    dispatcher.stop(timeout=10.0)
-    store.close()
-    if lock is not None:
-        lock.release()
-    if tmpdir is not None:
-        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -1,0 +1,76 @@
+"""Becoming a queue's owner, and ceasing to be one.
+
+The owner holds the directory's lock, recovers what earlier owners leased, and runs the
+dispatcher; these helpers take only the parts they need, never the queue itself, so a
+queue nobody references is collected and its dispatcher stops.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from ._dispatcher import Dispatcher
+from ._lock import OwnerLock
+from ._records import Fault
+from .store import DiskcacheStore, Store
+
+
+def claim(
+    path: str | os.PathLike[str] | None, store: Store | None, *, sync: str, wait: bool
+) -> tuple[Store, OwnerLock | None, str, str | None]:
+    """Lock the queue directory, open its store and requeue every lease of a dead owner.
+
+    Returns the store, the lock (None for a store with no directory), the directory and
+    the temporary directory to remove at shutdown (when ``path`` was None).
+    """
+    tmpdir = None
+    if store is None:
+        if path is None:
+            path = tmpdir = tempfile.mkdtemp(prefix="durableq-")
+        lock_dir = os.path.abspath(os.fspath(path))
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+    else:
+        lock_dir = getattr(store, "path", "")
+    lock = OwnerLock(lock_dir, wait=wait) if lock_dir else None
+    try:
+        if store is None:
+            store = DiskcacheStore(lock_dir, sync=sync)
+        elif not isinstance(store, Store):
+            raise TypeError(f"store must implement durableq.Store, not {type(store).__name__}")
+        store.requeue_expired(float("inf"))  # leases of earlier owners: all of them died
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return store, lock, lock_dir, tmpdir
+
+
+def release_slot(sem: Any) -> None:
+    try:
+        sem.release()
+    except ValueError:
+        pass  # a requeue already over-filled the slots: nothing to give back
+
+
+def fault_recorder(faults: list[Fault], event: Any, store: Store) -> Callable[[Fault], None]:
+    def record(fault: Fault) -> None:
+        faults.append(fault)
+        event.set()
+        store.record_fault(fault)
+
+    return record
+
+
+def shutdown_owner(
+    dispatcher: Dispatcher, store: Store, lock: OwnerLock | None, tmpdir: str | None
+) -> None:
+    dispatcher.stop(timeout=10.0)
+    store.close()
+    if lock is not None:
+        lock.release()
+    if tmpdir is not None:
+        shutil.rmtree(tmpdir, ignore_errors=True)
