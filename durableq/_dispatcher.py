@@ -32,11 +32,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
 
 from . import _wire as w
+from ._consumers import Consumer, Counters, share
 from ._errors import StoreError
 from ._records import Fault, LeaseToken
 from .store import Store
@@ -49,33 +49,6 @@ log = logging.getLogger("durableq")
 SAFETY_CHECK = 5.0
 #: Seconds between retries while the store fails (disk full, I/O error, lock timeout).
 STORE_RETRY = 0.5
-
-
-@dataclass(eq=False)
-class _Consumer:
-    conn: Connection | None
-    pid: int = 0
-    authed: bool = False
-    held: dict[int, LeaseToken] = field(default_factory=dict)
-    waiting: bool = False
-    credit: int = 0
-    nowait: bool = False
-    said_bye: bool = False
-
-    def send(self, frame: tuple[Any, ...]) -> None:
-        if self.conn is None:
-            raise OSError("orphaned leases have no connection")
-        w.send(self.conn, frame)
-
-
-@dataclass
-class _Counters:
-    delivered: int = 0
-    acked: int = 0
-    nacked: int = 0
-    stale_acks: int = 0
-    redelivered_after_crash: int = 0
-    expired_leases: int = 0
 
 
 class Dispatcher(threading.Thread):
@@ -105,16 +78,16 @@ class Dispatcher(threading.Thread):
         self.take_slot = take_slot
         self.hungry = hungry  # shared byte: 1 while a consumer waits, so producers notify
         self.owner_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.counters = _Counters()
+        self.counters = Counters()
         self.stopping = False
         self.broken: BaseException | None = None
         self._listener = w.listen(address)
         self._wake_r, self._wake_w = os.pipe()
-        self._consumers: dict[Connection | None, _Consumer] = {}
-        self._waiters: collections.deque[_Consumer] = collections.deque()
-        self._joiners: list[_Consumer] = []
-        self._leases: dict[int, tuple[LeaseToken, _Consumer]] = {}
-        self._orphans = _Consumer(None, authed=True)  # leases whose thread left cleanly
+        self._consumers: dict[Connection | None, Consumer] = {}
+        self._waiters: collections.deque[Consumer] = collections.deque()
+        self._joiners: list[Consumer] = []
+        self._leases: dict[int, tuple[LeaseToken, Consumer]] = {}
+        self._orphans = Consumer(None, authed=True)  # leases whose thread left cleanly
         self._expiry: collections.deque[tuple[float, LeaseToken]] = collections.deque()
         self._acks: list[LeaseToken] = []
         self._requeue: list[LeaseToken] = []
@@ -195,7 +168,7 @@ class Dispatcher(threading.Thread):
     def _on_ready(self, obj: Any) -> None:
         if obj is self._listener:
             conn = w.accept(self._listener)
-            self._consumers[conn] = _Consumer(conn)
+            self._consumers[conn] = Consumer(conn)
         elif obj == self._wake_r:
             os.read(self._wake_r, 4096)
         else:
@@ -208,7 +181,7 @@ class Dispatcher(threading.Thread):
             except (EOFError, OSError):
                 self._drop(consumer)
 
-    def _on_hello(self, c: _Consumer, data: bytes) -> None:
+    def _on_hello(self, c: Consumer, data: bytes) -> None:
         # Raw bytes, checked before anything is unpickled: a stranger on the socket must
         # not get pickle.loads() in the owner.
         secret, pid = w.parse_hello(data)
@@ -217,7 +190,7 @@ class Dispatcher(threading.Thread):
         else:
             self._drop(c)
 
-    def _on_frame(self, c: _Consumer, frame: tuple[Any, ...]) -> None:
+    def _on_frame(self, c: Consumer, frame: tuple[Any, ...]) -> None:
         kind = frame[0]
         if kind == w.WANT:
             self._settle(c, frame[2], ack=True)
@@ -258,7 +231,7 @@ class Dispatcher(threading.Thread):
             self.on_fault(Fault("store-failed", time.time(), str(exc)))
         self._store_failing = True
 
-    def _reply(self, c: _Consumer, fn: Callable[[], Any]) -> None:
+    def _reply(self, c: Consumer, fn: Callable[[], Any]) -> None:
         try:
             c.send((w.RESULT, fn()))
         except (EOFError, OSError):
@@ -296,7 +269,7 @@ class Dispatcher(threading.Thread):
         }
 
     def _settle(
-        self, c: _Consumer, tokens: list[LeaseToken], *, ack: bool, requeue: bool = True
+        self, c: Consumer, tokens: list[LeaseToken], *, ack: bool, requeue: bool = True
     ) -> None:
         # Any consumer may settle a lease (a message can be handed to another thread); the
         # token's attempt number is what fences off a lease that expired and moved on.
@@ -314,7 +287,7 @@ class Dispatcher(threading.Thread):
             else:
                 self._bury.append(lease[0])
 
-    def _drop(self, c: _Consumer) -> None:
+    def _drop(self, c: Consumer) -> None:
         """A connection ended: without BYE its process (or thread) crashed holding leases."""
         if c.conn in self._consumers:
             del self._consumers[c.conn]
@@ -425,31 +398,8 @@ class Dispatcher(threading.Thread):
             c.waiting = False
             self._send(c, (w.EMPTY,))
 
-    def _send(self, c: _Consumer, frame: tuple[Any, ...]) -> None:
+    def _send(self, c: Consumer, frame: tuple[Any, ...]) -> None:
         try:
             c.send(frame)
         except OSError:
             self._drop(c)
-
-
-def share(items: Sequence[T], credits: Sequence[int]) -> list[list[T]]:
-    """Deal ``items`` round-robin to consumers, none past its credit.
-
-    Every item goes to someone as long as ``len(items) <= sum(credits)`` (the lease asked
-    for no more): a small backlog spreads over the waiting consumers instead of filling
-    the first one's buffer.
-    """
-    hands: list[list[T]] = [[] for _ in credits]
-    open_seats = [i for i, credit in enumerate(credits) if credit > 0]
-    k = 0
-    for item in items:
-        if not open_seats:
-            raise ValueError(f"{len(items)} items for credits summing to {sum(credits)}")
-        k %= len(open_seats)
-        seat = open_seats[k]
-        hands[seat].append(item)
-        if len(hands[seat]) >= credits[seat]:
-            del open_seats[k]
-        else:
-            k += 1
-    return hands

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from multiprocessing import util
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from . import _wire as w
 from ._client import Client
@@ -36,7 +36,6 @@ from ._records import Fault, LeaseToken
 from ._serializer import Serializer, get_serializer
 from .store import Store
 
-T = TypeVar("T")
 AckMode = Literal["auto", "manual", "on_get"]
 _ACK_MODES = ("auto", "manual", "on_get")
 _UNBOUNDED: int = multiprocessing.synchronize.SEM_VALUE_MAX  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import durableq
-from durableq._dispatcher import share
+from durableq._consumers import share
 
 from .conftest import TIMEOUT
 
