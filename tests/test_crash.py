@@ -154,6 +154,29 @@ def put_batches(q: durableq.Queue, logfile: str, going: Any) -> None:
             going.set()
 
 
+def own_and_share(path: str, ctx_name: str, q_out: Any, pids: Any, ready: Any) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context(ctx_name)
+    q = durableq.Queue(path=path, ctx=ctx)
+    producer = ctx.Process(target=put_after_owner_dies, args=(q, pids, q_out, ready))
+    producer.start()
+    pids[0] = os.getpid()
+    signal.pause()
+
+
+def put_after_owner_dies(q: durableq.Queue, pids: Any, out: Any, ready: Any) -> None:
+    q.put("before")
+    pids[1] = os.getpid()
+    ready.set()
+    while os.getppid() == pids[0]:  # until the owner is gone (we are reparented)
+        signal.sigtimedwait([signal.SIGCHLD], 0.01)
+    q.put("after the owner died")  # committed: no owner needed
+    out.put("put returned")
+    out.close()
+    out.join_thread()
+
+
 # -- the kill points ----------------------------------------------------------------------
 
 
@@ -270,3 +293,18 @@ def test_producer_killed_mid_put_many_stores_whole_batches(ctx: Any, tmp_path: P
         batches.setdefault(batch, []).append(i)
     assert set(read_log(logfile)) <= set(batches), "every batch whose put_many returned"
     assert all(items == list(range(100)) for items in batches.values()), "all or nothing"
+
+
+def test_producers_keep_committing_after_the_owner_dies(ctx: Any, tmp_path: Path) -> None:
+    path, out = tmp_path / "q", ctx.Queue()
+    pids, ready = ctx.Array("i", 2), ctx.Event()
+    owner = ctx.Process(
+        target=own_and_share, args=(str(path), ctx.get_start_method(), out, pids, ready)
+    )
+    owner.start()
+    assert ready.wait(TIMEOUT)
+    os.kill(pids[0], signal.SIGKILL)
+    owner.join(TIMEOUT)
+    assert out.get(timeout=TIMEOUT) == "put returned"
+    q = durableq.Queue(path=path, ack="manual", wait_for_owner=True)
+    assert [m.body for m in drain(q)] == ["before", "after the owner died"]
