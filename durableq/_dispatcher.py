@@ -14,8 +14,9 @@
           `-- connection closed without BYE: that consumer crashed:
                 Store.nack(its leases, requeue) at once, fault recorded, Event set
 
-- **Producers** commit to the store themselves (shared stores) or through the owner
-  (``RPUT``), then notify it so waiting consumers are served at once.
+- **Producers** commit to the store themselves, or through the owner (``RPUT``) when the
+  store is not shared or ``sync="full"``: the owner commits every producer's puts of a
+  round in one transaction, so concurrent producers share one fsync.
 - **Consumers** hold one connection per thread; every delivery carries a lease token
   (message id, attempt): an ack for a lease that expired or was handed on is ignored.
 - **The dispatcher** alone tracks leases and applies acks, in one transaction per batch.
@@ -90,6 +91,7 @@ class Dispatcher(threading.Thread):
         self._orphans = Consumer(None, authed=True)  # leases whose thread left cleanly
         self._expiry: collections.deque[tuple[float, LeaseToken]] = collections.deque()
         self._acks: list[LeaseToken] = []
+        self._puts: list[tuple[Consumer, list[bytes]]] = []
         self._requeue: list[LeaseToken] = []
         self._bury: list[LeaseToken] = []
         self._maybe_ready = True
@@ -214,8 +216,7 @@ class Dispatcher(threading.Thread):
                 self._waiters.remove(c)
             c.send((w.CANCELLED,))
         elif kind == w.RPUT:
-            self._reply(c, lambda: self.store.put_many(frame[1]))
-            self._maybe_ready = True
+            self._puts.append((c, frame[1]))  # committed together in _flush
         elif kind == w.CALL:
             self._reply(c, lambda: self.call(frame[1]))
         elif kind == w.JOIN:
@@ -358,7 +359,27 @@ class Dispatcher(threading.Thread):
             self.counters.nacked += self.store.nack(self._bury, requeue=False)
             self._bury = []
 
+    def _commit_puts(self) -> None:
+        """Commit every producer's RPUT of this round in one transaction (one fsync under
+        sync="full"), then answer each with its ids."""
+        puts, self._puts = self._puts, []
+        try:
+            ids = self.store.put_many([p for _, payloads in puts for p in payloads])
+        except Exception as exc:
+            if isinstance(exc, StoreError):
+                self._store_failed(exc)
+            for c, _ in puts:
+                self._send(c, (w.RESULT, None, exc))
+            return
+        start = 0
+        for c, payloads in puts:
+            self._send(c, (w.RESULT, ids[start : start + len(payloads)]))
+            start += len(payloads)
+        self._maybe_ready = True
+
     def _flush(self) -> None:
+        if self._puts:
+            self._commit_puts()
         self._apply()
         if self._waiters and self._maybe_ready:
             self._deliver()

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from . import _wire as w
 from ._client import Client
 from ._dispatcher import Dispatcher
-from ._errors import ConfigurationError, DurableQError, StoreError
+from ._errors import ConfigurationError, DurableQError, OwnerGone, StoreError
 from ._message import Message
 from ._owner import claim, fault_recorder, release_slot, shutdown_owner
 from ._records import Fault, LeaseToken
@@ -54,6 +54,7 @@ class _Shared:
     fault: Any  # multiprocessing.Event
     hungry: Any  # shared byte, 1 while a consumer waits for messages
     store: Store | None  # None when the store cannot be opened outside the owner
+    via_owner: bool  # commit puts through the owner, which groups them (sync="full")
 
 
 class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
@@ -121,6 +122,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             fault=ctx.Event(),
             hungry=ctx.RawValue("b", 0),
             store=store if store.shared else None,
+            via_owner=getattr(store, "sync", "normal") == "full",
         )
         self._owner_store = store
         self._faults: list[Fault] = []
@@ -214,9 +216,14 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
     def _commit(self, payloads: list[bytes]) -> None:
         store = self._store()
         client = self._client()
-        if store is None:
-            client.call(w.RPUT, payloads)
-            return
+        if store is None or self._shared.via_owner:
+            try:
+                client.call(w.RPUT, payloads)
+                return
+            except OwnerGone:
+                if store is None:
+                    raise
+                # No owner to group with: commit alone (it is durable either way).
         try:
             store.put_many(payloads)
         except StoreError as exc:

@@ -89,3 +89,39 @@ def test_acks_already_sent_when_the_owner_stops_are_applied() -> None:
     counts = store.counts()
     assert (counts.acked_total, counts.in_flight, counts.ready) == (2, 0, 0)
     del q
+
+
+def test_sync_full_producers_share_one_commit_through_the_owner(tmp_path: Path) -> None:
+    import threading
+
+    from durableq import _wire as w
+
+    q = durableq.Queue(path=tmp_path / "q", sync="full")
+    store, d = q._owner_store, q._dispatcher
+    conns = [w.connect(q._shared.address) for _ in range(4)]
+    for conn in conns:  # authenticated and known to the owner before it is frozen
+        conn.send_bytes(w.hello(q._shared.secret))
+        w.send(conn, (w.CALL, "qsize"))
+        assert w.recv(conn) == (w.RESULT, 0)
+    entered, gate = threading.Event(), threading.Event()
+    flush = d._flush
+
+    def first_flush_waits() -> None:
+        if not gate.is_set():
+            entered.set()
+            gate.wait(TIMEOUT)
+        flush()
+
+    d._flush = first_flush_waits  # type: ignore[method-assign]
+    commits = store.commits
+    w.send(conns[0], (w.RPUT, [b"\x01\x00"]))
+    assert entered.wait(TIMEOUT)  # the owner holds the first put
+    for conn in conns[1:]:
+        w.send(conn, (w.RPUT, [b"\x01\x01"]))  # these wait on their sockets meanwhile
+    gate.set()
+    replies = [w.recv(conn) for conn in conns]
+    assert [len(r[1]) for r in replies] == [1, 1, 1, 1]
+    # One commit per frame would be 4; the puts that waited together share one.
+    assert store.commits - commits <= 2
+    for conn in conns:
+        conn.close()
