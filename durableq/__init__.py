@@ -12,9 +12,11 @@ from ._errors import (
     DurableQError,
     OwnerGone,
     QueueLocked,
+    QueueNotFound,
     StoreError,
     StoreTimeout,
 )
+from ._inspect import Inspector, inspect
 from ._message import Message
 from ._queue import JoinableQueue, Queue
 from ._records import Counts, Fault, Leased, LeaseToken, Priority, State
@@ -29,6 +31,7 @@ __all__ = [
     "DiskcacheStore",
     "DurableQError",
     "Fault",
+    "Inspector",
     "JoinableQueue",
     "LeaseToken",
     "Leased",
@@ -38,10 +41,12 @@ __all__ = [
     "Priority",
     "Queue",
     "QueueLocked",
+    "QueueNotFound",
     "Serializer",
     "State",
     "Store",
     "StoreError",
     "StoreTimeout",
     "__version__",
+    "inspect",
 ]

@@ -60,3 +60,15 @@ class OwnerGone(DurableQError, ConnectionError):
 
     def __reduce__(self) -> tuple[type[OwnerGone], tuple[str, int | None]]:
         return (type(self), (self.path, self.pid))
+
+
+class QueueNotFound(DurableQError, FileNotFoundError):
+    """``path`` is missing or is not a durableq queue directory."""
+
+    def __init__(self, path: str, why: str) -> None:
+        self.path = path
+        self.why = why
+        super().__init__(f"{path} is not a durableq queue: {why}")
+
+    def __reduce__(self) -> tuple[type[QueueNotFound], tuple[str, str]]:
+        return (type(self), (self.path, self.why))

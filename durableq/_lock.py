@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import threading
 
 from ._errors import QueueLocked
@@ -67,10 +68,28 @@ class OwnerLock:
         os.close(self._fd)  # closing drops the lockf lock
 
 
-def owner_pid(directory: str) -> int | None:
-    """The pid recorded by the current or last owner of ``directory``, if any."""
+def owner_status(directory: str) -> tuple[int | None, bool]:
+    """The pid recorded by the current or last owner of ``directory``, and whether a live
+    process holds the lock now.
+
+    Never opens the lock file in the process that owns it: closing any descriptor of a
+    file drops every lockf lock the process holds on it.
+    """
+    directory = os.path.abspath(directory)
+    with _owned_lock:
+        if directory in _owned:
+            return os.getpid(), True
     try:
-        with open(os.path.join(directory, "owner.lock"), "rb") as f:
-            return int(f.read(32) or b"0") or None
+        fd = os.open(os.path.join(directory, "owner.lock"), os.O_RDONLY)
+    except OSError:
+        return None, False
+    try:
+        pid = int(os.pread(fd, 32, 0) or b"0") or None
+        # F_GETLK asks who would block a write lock, without taking any lock ourselves.
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        l_type = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))[0]
+        return pid, l_type != fcntl.F_UNLCK
     except (OSError, ValueError):
-        return None
+        return None, False
+    finally:
+        os.close(fd)

@@ -149,6 +149,15 @@ class DiskcacheStore(SQLiteFiles):
 
     # -- connections and transactions -------------------------------------------------
 
+    @classmethod
+    def attach(cls, path: str | os.PathLike[str], *, timeout: float = 10.0) -> DiskcacheStore:
+        """Open an existing queue directory without creating or changing anything: for
+        readers (``durableq.inspect``) that must not disturb a running owner."""
+        store = cls.__new__(cls)
+        store.__setstate__({"path": os.path.abspath(os.fspath(path)), "sync": "normal",
+                            "timeout": timeout})
+        return store
+
     def _connections(self) -> Any:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
