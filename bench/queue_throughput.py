@@ -284,8 +284,7 @@ def _create(chan: Channel) -> None:
 
 
 @contextmanager
-def persist_queue(tmp: str) -> Iterator[Channel]:
-    chan = PersistQueueChannel(os.path.join(tmp, "pq"))
+def _peer(chan: Channel) -> Iterator[Channel]:
     _create(chan)
     try:
         yield chan
@@ -293,14 +292,12 @@ def persist_queue(tmp: str) -> Iterator[Channel]:
         chan.detach()
 
 
-@contextmanager
-def diskcache_deque(tmp: str) -> Iterator[Channel]:
-    chan = DequeChannel(os.path.join(tmp, "deque"))
-    _create(chan)
-    try:
-        yield chan
-    finally:
-        chan.detach()
+def persist_queue(tmp: str) -> AbstractContextManager[Channel]:
+    return _peer(PersistQueueChannel(os.path.join(tmp, "pq")))
+
+
+def diskcache_deque(tmp: str) -> AbstractContextManager[Channel]:
+    return _peer(DequeChannel(os.path.join(tmp, "deque")))
 
 
 Factory = Callable[[str], AbstractContextManager[Channel]]  # tmpdir -> open channel

@@ -75,7 +75,6 @@ class Client:
         self.path = path
         self.owner_pid = owner_pid
         self.link = _Link()
-        self.pid = self.link.pid
         self._buffer = self.link.buffer
         self._credit = 1
         self._refilled = 0.0
@@ -134,6 +133,11 @@ class Client:
 
     def bye(self) -> None:
         _say_bye(self.link)
+
+    @property
+    def pid(self) -> int:
+        """The process this client belongs to; a forked child makes its own."""
+        return self.link.pid
 
     @property
     def buffered(self) -> int:

@@ -81,7 +81,6 @@ class Dispatcher(threading.Thread):
         self.owner_id = f"{socket.gethostname()}:{os.getpid()}"
         self.counters = Counters()
         self.stopping = False
-        self.broken: BaseException | None = None
         self._listener = w.listen(address)
         self._wake_r, self._wake_w = os.pipe()
         self._consumers: dict[Connection | None, Consumer] = {}
@@ -126,7 +125,6 @@ class Dispatcher(threading.Thread):
                     # here and is retried every STORE_RETRY seconds; consumers keep waiting.
                     self._store_failed(exc)
         except BaseException as exc:
-            self.broken = exc
             log.exception("durableq dispatcher stopped by an error")
             self.on_fault(Fault("owner-thread-died", time.time(), f"{type(exc).__name__}: {exc}"))
         finally:
@@ -246,15 +244,7 @@ class Dispatcher(threading.Thread):
         """Answer a read; acks that arrived before it are applied first, so a caller's
         own earlier acks are durable and counted by the time it gets the answer."""
         self._apply()
-        if name == "qsize":
-            return self.store.counts().ready
-        if name == "empty":
-            return not self.store.has_ready(time.time())
-        if name == "faults":
-            return self.store.faults()
-        if name == "stats":
-            return self.stats()
-        raise ValueError(f"unknown call {name!r}")
+        return self.stats() if name == "stats" else read_store(self.store, name)
 
     def stats(self) -> dict[str, Any]:
         counts = self.store.counts()
@@ -424,3 +414,15 @@ class Dispatcher(threading.Thread):
             c.send(frame)
         except OSError:
             self._drop(c)
+
+
+def read_store(store: Store, name: str) -> Any:
+    """The reads a queue answers from its store: for the owner's callers and, through the
+    owner, for processes that cannot open the store themselves."""
+    if name == "qsize":
+        return store.counts().ready
+    if name == "empty":
+        return not store.has_ready(time.time())
+    if name == "faults":
+        return store.faults()
+    raise ValueError(f"unknown read {name!r}")

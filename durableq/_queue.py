@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from . import _wire as w
 from ._client import Client
-from ._dispatcher import Dispatcher
+from ._dispatcher import Dispatcher, read_store
 from ._errors import ConfigurationError, DurableQError, OwnerGone, StoreError
 from ._message import Message
 from ._owner import claim, fault_recorder, release_slot, shutdown_owner
@@ -296,13 +296,20 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             raise ValueError('ack="manual": use get_message() and ack() each message')
         client = self._client()
         if self._shared.ack == "auto":
-            # The previous item is finished: its ack rides with the next batch.
-            client.ack(client.link.settle_on_exit, now=False)
-            client.link.settle_on_exit = []
+            self._finish_previous(client)
         msg = self._take(block, timeout)
         if self._shared.ack == "auto":
-            client.link.settle_on_exit = [msg.token]
+            self._hold(client, msg.token)
         return msg.body
+
+    def _finish_previous(self, client: Client) -> None:
+        # The consumer asks for more: its previous item is done. The ack rides with the
+        # next batch.
+        client.ack(client.link.settle_on_exit, now=False)
+        client.link.settle_on_exit = []
+
+    def _hold(self, client: Client, token: LeaseToken) -> None:
+        client.link.settle_on_exit = [token]  # acked by the next get() or a clean exit
 
     def get_message(self, block: bool = True, timeout: float | None = None) -> Message[Any]:
         """Return the next ``Message``; it stays in flight until acked or nacked."""
@@ -314,11 +321,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         store = self._store()
         if store is None:
             return self._client().call(w.CALL, name)
-        if name == "qsize":
-            return store.counts().ready
-        if name == "empty":
-            return not store.has_ready(time.time())
-        return store.faults()
+        return read_store(store, name)
 
     def _buffered(self) -> int:
         client: Client | None = getattr(self._local, "client", None)
@@ -395,13 +398,11 @@ class JoinableQueue(Queue):
             raise ValueError("task_done() called too many times")
         client.ack([client.link.settle_on_exit.pop(0)])
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if self._shared.ack == "manual":
-            raise ValueError('ack="manual": use get_message() and ack() each message')
-        msg = self._take(block, timeout)
-        if self._shared.ack == "auto":
-            self._client().link.settle_on_exit.append(msg.token)
-        return msg.body
+    def _finish_previous(self, client: Client) -> None:
+        pass  # here task_done() says when an item is finished, not the next get()
+
+    def _hold(self, client: Client, token: LeaseToken) -> None:
+        client.link.settle_on_exit.append(token)  # acked by task_done() or a clean exit
 
     def join(self) -> None:
         """Block until every item put has been acked (marked done)."""

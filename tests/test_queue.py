@@ -68,6 +68,17 @@ def put_from_pool_worker(x: int) -> int:
     return x
 
 
+def take_in_child(q: durableq.Queue, target: Any) -> tuple[Any, int | None]:
+    """Run ``target(q, got)`` in a child process; once it ended, return what it reported
+    and its pid."""
+    got = multiprocessing.Queue()
+    p = multiprocessing.Process(target=target, args=(q, got))
+    p.start()
+    value = got.get(timeout=TIMEOUT)
+    p.join(TIMEOUT)
+    return value, p.pid
+
+
 # -- basics -------------------------------------------------------------------------------
 
 
@@ -156,11 +167,8 @@ def test_stats_reports_counts_and_totals(qpath: Path) -> None:
 def test_auto_mode_acks_on_next_get_and_on_clean_exit(qpath: Path) -> None:
     q = durableq.Queue(path=qpath)
     q.put_many(["a", "b"])
-    got = multiprocessing.Queue()
-    p = multiprocessing.Process(target=take_one_and_exit, args=(q, got))
-    p.start()
-    assert got.get(timeout=TIMEOUT) == "a"
-    p.join(TIMEOUT)
+    got, _ = take_in_child(q, take_one_and_exit)
+    assert got == "a"
     assert q.get(timeout=TIMEOUT) == "b", "a clean exit acks: 'a' must not come back"
     assert q.stats()["acked_total"] == 1
 
@@ -192,11 +200,8 @@ def test_manual_mode_ack_nack_and_context_manager(qpath: Path) -> None:
 def test_on_get_mode_is_at_most_once(qpath: Path) -> None:
     q = durableq.Queue(path=qpath, ack="on_get")
     q.put("lost with its consumer")
-    got = multiprocessing.Queue()
-    p = multiprocessing.Process(target=take_one_and_die, args=(q, got))
-    p.start()
-    assert got.get(timeout=TIMEOUT) == "lost with its consumer"
-    p.join(TIMEOUT)
+    got, _ = take_in_child(q, take_one_and_die)
+    assert got == "lost with its consumer"
     q.put("after")
     assert q.get(timeout=TIMEOUT) == "after"
 
@@ -241,16 +246,13 @@ def test_joinable_queue_task_done_and_join(qpath: Path) -> None:
 def test_consumer_death_redelivers_and_sets_fault(qpath: Path) -> None:
     q = durableq.Queue(path=qpath, ack="manual")
     q.put("work")
-    got = multiprocessing.Queue()
-    p = multiprocessing.Process(target=take_one_and_die, args=(q, got))
-    p.start()
-    assert got.get(timeout=TIMEOUT) == "work"
-    p.join(TIMEOUT)
+    got, pid = take_in_child(q, take_one_and_die)
+    assert got == "work"
     msg = q.get_message(timeout=TIMEOUT)
     assert (msg.body, msg.attempts) == ("work", 2)
     assert q.fault.wait(TIMEOUT)
     assert [f.kind for f in q.faults()] == ["consumer-died"]
-    assert str(p.pid) in q.faults()[0].detail
+    assert str(pid) in q.faults()[0].detail
     msg.ack()
 
 
@@ -345,11 +347,8 @@ def test_memory_store_serves_other_processes_through_the_owner() -> None:
     p = multiprocessing.Process(target=put_all, args=(q, ["x", "y"]))
     p.start()
     p.join(TIMEOUT)
-    got = multiprocessing.Queue()
-    c = multiprocessing.Process(target=take_one_and_exit, args=(q, got))
-    c.start()
-    assert got.get(timeout=TIMEOUT) == "x"
-    c.join(TIMEOUT)
+    got, _ = take_in_child(q, take_one_and_exit)
+    assert got == "x"
     assert q.get(timeout=TIMEOUT) == "y"
     assert q.stats()["acked_total"] == 1
 
