@@ -97,6 +97,35 @@ class StoreContract:
         counts = store.counts()
         assert (counts.ready, counts.in_flight, counts.put_total) == (2, 1, 3)
 
+    def test_results_are_kept_with_the_ack_until_forgotten(self, store: Store) -> None:
+        store.put_many([b"a", b"b", b"c"])
+        a, b, c = store.lease("me", 3, now=T0, ttl=30)
+        assert store.ack([a.token, b.token], results=[b"ra", b"rb"]) == 2
+        assert store.nack([c.token], requeue=False, results=[b"rc"]) == 1
+        assert store.ack([a.token], results=[b"late"]) == 0, "a stale ack must not keep a result"
+        assert store.results(upto=2) == {1: b"ra", 2: b"rb"}
+        assert store.results(upto=99) == {1: b"ra", 2: b"rb", 3: b"rc"}
+        assert store.forget([1, 3, 42]) == 2
+        assert store.results(upto=99) == {2: b"rb"}
+
+    def test_unfinished_lists_ready_and_in_flight_ids(self, store: Store) -> None:
+        store.put_many([b"a", b"b", b"c", b"d"])
+        a, b = store.lease("me", 2, now=T0, ttl=30)
+        store.ack([a.token])
+        assert store.unfinished(upto=3) == [2, 3]
+        store.nack([b.token], requeue=False)
+        assert store.unfinished(upto=99) == [3, 4]
+
+    def test_discard_removes_only_ready_messages(self, store: Store) -> None:
+        store.put_many([b"a", b"b", b"c"])
+        (a,) = store.lease("me", 1, now=T0, ttl=30)
+        assert store.discard([1, 2, 77]) == 1, "in-flight 1 stays, 2 goes, 77 never existed"
+        assert [x.payload for x in store.lease("me", 9, now=T0, ttl=30)] == [b"c"]
+        assert store.ack([a.token]) == 1
+        assert not store.has_ready(T0)
+        counts = store.counts()
+        assert (counts.ready, counts.in_flight, counts.acked_total) == (0, 1, 1)
+
     def test_faults_are_logged_in_order(self, store: Store) -> None:
         from durableq import Fault
 

@@ -37,12 +37,40 @@ class Store(Protocol):
         """
         ...
 
-    def ack(self, tokens: Sequence[LeaseToken]) -> int:
-        """Finish the leased messages; stale tokens are ignored. Returns how many applied."""
+    def ack(self, tokens: Sequence[LeaseToken], *, results: Sequence[bytes] | None = None) -> int:
+        """Finish the leased messages; stale tokens are ignored. Returns how many applied.
+
+        ``results`` (one per token) are kept, in the same transaction, until ``forget``.
+        """
         ...
 
-    def nack(self, tokens: Sequence[LeaseToken], *, requeue: bool) -> int:
-        """Return leased messages to ready (``requeue``) or to dead; stale tokens are ignored."""
+    def nack(
+        self,
+        tokens: Sequence[LeaseToken],
+        *,
+        requeue: bool,
+        results: Sequence[bytes] | None = None,
+    ) -> int:
+        """Return leased messages to ready (``requeue``) or to dead; stale tokens are ignored.
+
+        ``results`` are kept as for ``ack`` (a dead message's final outcome).
+        """
+        ...
+
+    def discard(self, ids: Sequence[int]) -> int:
+        """Remove messages that are still ready (never in flight ones); returns how many."""
+        ...
+
+    def unfinished(self, upto: int) -> list[int]:
+        """Ids up to ``upto`` that are ready or in flight, ascending."""
+        ...
+
+    def results(self, upto: int) -> dict[int, bytes]:
+        """The kept results of messages with ids up to ``upto``."""
+        ...
+
+    def forget(self, ids: Sequence[int]) -> int:
+        """Drop the kept results of ``ids``; returns how many existed."""
         ...
 
     def requeue_expired(self, now: float) -> int:

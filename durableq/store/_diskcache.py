@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS dq_delivery (
 );
 CREATE INDEX IF NOT EXISTS dq_delivery_state ON dq_delivery (state);
 CREATE TABLE IF NOT EXISTS dq_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dq_result (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
 INSERT OR IGNORE INTO dq_meta VALUES ('acked_total', 0);
 """
 
@@ -87,6 +88,17 @@ _SETTLE: Final = (
     f"WHERE id = ? AND attempts = ? AND state = {_IN_FLIGHT}"
 )
 
+_DISCARD: Final = f"""
+INSERT OR REPLACE INTO dq_delivery
+SELECT m.id, coalesce(d.attempts, m.attempts), {_DONE}, NULL
+  FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
+ WHERE m.id = ? AND m.state = {_READY} AND (d.state IS NULL OR d.state = {_READY})
+"""
+_UNFINISHED: Final = f"""
+SELECT m.id FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
+ WHERE m.id <= ? AND m.state = {_READY} AND (d.state IS NULL OR d.state IN ({_READY}, {_IN_FLIGHT}))
+ ORDER BY m.id
+"""
 
 
 class DiskcacheStore(SQLiteFiles):
@@ -256,10 +268,21 @@ class DiskcacheStore(SQLiteFiles):
             con.executemany(_LEASE, [(id_, attempts + 1, now + ttl) for id_, attempts, _ in rows])
         return [Leased(LeaseToken(id_, attempts + 1), body) for id_, attempts, body in rows]
 
-    def _settle(self, tokens: Sequence[LeaseToken], state: int) -> int:
+    def _settle(
+        self, tokens: Sequence[LeaseToken], state: int, results: Sequence[bytes] | None
+    ) -> int:
         con = self._ledger()
         with self._write(con, "BEGIN"):
-            applied: int = con.executemany(_SETTLE, [(state, *t) for t in tokens]).rowcount
+            if results is None:
+                applied: int = con.executemany(_SETTLE, [(state, *t) for t in tokens]).rowcount
+            else:
+                kept = [
+                    (t.id, r)
+                    for t, r in zip(tokens, results, strict=True)
+                    if con.execute(_SETTLE, (state, *t)).rowcount
+                ]
+                con.executemany("INSERT OR REPLACE INTO dq_result VALUES (?, ?)", kept)
+                applied = len(kept)
             if state == _DONE:
                 con.execute(
                     "UPDATE dq_meta SET value = value + ? WHERE name = 'acked_total'", (applied,)
@@ -267,23 +290,55 @@ class DiskcacheStore(SQLiteFiles):
         return applied
 
     @guarded
-    def ack(self, tokens: Sequence[LeaseToken]) -> int:
+    def ack(self, tokens: Sequence[LeaseToken], *, results: Sequence[bytes] | None = None) -> int:
         if not tokens:
             return 0
-        applied = self._settle(tokens, _DONE)
+        applied = self._settle(tokens, _DONE, results)
         self._uncollected += applied
         if self._uncollected >= GC_BATCH:
             self.collect(wait=False)
         return applied
 
     @guarded
-    def nack(self, tokens: Sequence[LeaseToken], *, requeue: bool) -> int:
+    def nack(
+        self,
+        tokens: Sequence[LeaseToken],
+        *,
+        requeue: bool,
+        results: Sequence[bytes] | None = None,
+    ) -> int:
         if not tokens:
             return 0
-        applied = self._settle(tokens, _READY if requeue else _DEAD)
+        applied = self._settle(tokens, _READY if requeue else _DEAD, results)
         if not requeue:
             self._uncollected += applied
         return applied
+
+    @guarded
+    def discard(self, ids: Sequence[int]) -> int:
+        # Marked done in the ledger (without counting as acked): collected like an ack.
+        con = self._ledger()
+        with self._write(con, "BEGIN"):
+            applied: int = con.executemany(_DISCARD, [(i,) for i in ids]).rowcount
+        self._uncollected += applied
+        return applied
+
+    @guarded
+    def unfinished(self, upto: int) -> list[int]:
+        return [i for (i,) in self._read(_UNFINISHED, (upto,))]
+
+    @guarded
+    def results(self, upto: int) -> dict[int, bytes]:
+        return dict(self._read("SELECT id, body FROM dq_result WHERE id <= ?", (upto,)))
+
+    @guarded
+    def forget(self, ids: Sequence[int]) -> int:
+        con = self._ledger()
+        with self._write(con, "BEGIN"):
+            gone: int = con.executemany(
+                "DELETE FROM dq_result WHERE id = ?", [(i,) for i in ids]
+            ).rowcount
+        return gone
 
     @guarded
     def collect(self, *, wait: bool = True) -> int:

@@ -37,6 +37,7 @@ class MemoryStore:
         self._next_id = 1
         self._acked_total = 0
         self._faults: list[Fault] = []
+        self._results: dict[int, bytes] = {}
 
     def put_many(
         self, payloads: Sequence[bytes], *, priority: int = Priority.MEDIUM, due: float = 0.0
@@ -58,7 +59,9 @@ class MemoryStore:
                 if entry[1] > now:
                     not_due.append(entry)  # a later band may still have due messages
                     continue
-                rec = self._records[entry[2]]
+                rec = self._records.get(entry[2])
+                if rec is None or rec.state != State.READY:
+                    continue  # discarded, or a stale entry
                 rec.state, rec.lease_expiry = State.IN_FLIGHT, now + ttl
                 rec.attempts += 1
                 out.append(Leased(LeaseToken(rec.id, rec.attempts), rec.payload))
@@ -72,25 +75,60 @@ class MemoryStore:
             return None
         return rec
 
-    def ack(self, tokens: Sequence[LeaseToken]) -> int:
+    def ack(self, tokens: Sequence[LeaseToken], *, results: Sequence[bytes] | None = None) -> int:
         applied = 0
         with self._lock:
-            for token in tokens:
+            for i, token in enumerate(tokens):
                 if self._leased(token) is not None:
                     del self._records[token.id]
+                    if results is not None:
+                        self._results[token.id] = bytes(results[i])
                     applied += 1
             self._acked_total += applied
         return applied
 
-    def nack(self, tokens: Sequence[LeaseToken], *, requeue: bool) -> int:
+    def nack(
+        self,
+        tokens: Sequence[LeaseToken],
+        *,
+        requeue: bool,
+        results: Sequence[bytes] | None = None,
+    ) -> int:
         applied = 0
         with self._lock:
-            for token in tokens:
+            for i, token in enumerate(tokens):
                 rec = self._leased(token)
                 if rec is not None:
                     self._release(rec, State.READY if requeue else State.DEAD)
+                    if results is not None:
+                        self._results[token.id] = bytes(results[i])
                     applied += 1
         return applied
+
+    def discard(self, ids: Sequence[int]) -> int:
+        with self._lock:
+            gone = {i for i in ids if (r := self._records.get(i)) and r.state == State.READY}
+            for i in gone:
+                del self._records[i]
+            if gone:
+                self._ready = [e for e in self._ready if e[2] not in gone]
+                heapq.heapify(self._ready)
+        return len(gone)
+
+    def unfinished(self, upto: int) -> list[int]:
+        with self._lock:
+            return sorted(
+                r.id for r in self._records.values()
+                if r.id <= upto and r.state in (State.READY, State.IN_FLIGHT)
+            )
+
+    def results(self, upto: int) -> dict[int, bytes]:
+        with self._lock:
+            return {i: r for i, r in self._results.items() if i <= upto}
+
+    def forget(self, ids: Sequence[int]) -> int:
+        with self._lock:
+            return sum(self._results.pop(i, None) is not None for i in ids)
 
     def _release(self, rec: _Record, state: State) -> None:
         rec.state = state
@@ -109,7 +147,11 @@ class MemoryStore:
 
     def has_ready(self, now: float) -> bool:
         with self._lock:
-            return any(due <= now for _, due, _ in self._ready)
+            return any(
+                due <= now and (r := self._records.get(id_)) is not None
+                and r.state == State.READY
+                for _, due, id_ in self._ready
+            )
 
     def counts(self) -> Counts:
         with self._lock:
