@@ -10,12 +10,16 @@ from __future__ import annotations
 from ._errors import (
     ConfigurationError,
     DurableQError,
+    InitializerFailed,
     OwnerGone,
     QueueLocked,
     QueueNotFound,
     StoreError,
     StoreTimeout,
+    TaskTimeout,
+    WorkerCrashed,
 )
+from ._executor import Executor, TaskFuture, TaskOptions
 from ._inspect import Inspector, inspect
 from ._message import Message
 from ._queue import JoinableQueue, Queue
@@ -30,7 +34,9 @@ __all__ = [
     "Counts",
     "DiskcacheStore",
     "DurableQError",
+    "Executor",
     "Fault",
+    "InitializerFailed",
     "Inspector",
     "JoinableQueue",
     "LeaseToken",
@@ -47,6 +53,10 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreTimeout",
+    "TaskFuture",
+    "TaskOptions",
+    "TaskTimeout",
+    "WorkerCrashed",
     "__version__",
     "inspect",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from concurrent.futures import BrokenExecutor
+
 
 class DurableQError(Exception):
     """Base of every error durableq raises."""
@@ -72,3 +75,61 @@ class QueueNotFound(DurableQError, FileNotFoundError):
 
     def __reduce__(self) -> tuple[type[QueueNotFound], tuple[str, str]]:
         return (type(self), (self.path, self.why))
+
+
+class WorkerCrashed(DurableQError):
+    """A task's worker died on every one of its ``attempts`` (a poison task).
+
+    Attributes:
+        task_id: the task.
+        attempts: how many times it was tried.
+        exitcode: the last worker's exit code (negative: killed by that signal).
+    """
+
+    def __init__(self, task_id: int, attempts: int, exitcode: int | None) -> None:
+        self.task_id = task_id
+        self.attempts = attempts
+        self.exitcode = exitcode
+        super().__init__(
+            f"task {task_id}: its worker died on all {attempts} attempts "
+            f"(last: {describe_exit(exitcode)})"
+        )
+
+    def __reduce__(self) -> tuple[type[WorkerCrashed], tuple[int, int, int | None]]:
+        return (type(self), (self.task_id, self.attempts, self.exitcode))
+
+
+class TaskTimeout(DurableQError, TimeoutError):
+    """A task ran past its ``timeout`` on every attempt; its workers were killed."""
+
+    def __init__(self, task_id: int, timeout: float, attempts: int) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.attempts = attempts
+        super().__init__(
+            f"task {task_id} ran longer than its timeout of {timeout:g} s "
+            f"on all {attempts} attempts"
+        )
+
+    def __reduce__(self) -> tuple[type[TaskTimeout], tuple[int, float, int]]:
+        return (type(self), (self.task_id, self.timeout, self.attempts))
+
+
+class InitializerFailed(DurableQError, BrokenExecutor):
+    """The executor's ``initializer`` raised in a worker: no task can run.
+
+    Unfinished tasks stay in the store; an executor opened on the same path with a
+    working initializer runs them.
+    """
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``exit code 3`` or ``signal SIGKILL``: how a process ended, for messages."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"

@@ -1,0 +1,409 @@
+"""``Executor``: a ``concurrent.futures`` process pool whose tasks live in a durable store.
+
+``submit`` commits the task before it returns; a dispatcher thread hands tasks to worker
+processes one at a time and writes each outcome back in the same transaction as the ack.
+A worker that dies costs its task one attempt; the pool itself never breaks. With a
+``path``, a parent killed mid-run loses nothing: ``Executor(path=same)`` runs what was
+unfinished and ``recovered()`` hands back futures for the earlier run's tasks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from typing import Any
+
+from ._errors import InitializerFailed
+from ._owner import claim
+from ._records import Fault
+from ._task import Options, check_options, chunks, decode_outcome, encode_call, encode_chunk
+from ._workers import Dispatcher
+from .store import MemoryStore, Store
+
+#: Tasks committed per transaction by ``map``.
+SUBMIT_BATCH = 1024
+
+
+class TaskFuture(futures.Future):  # type: ignore[type-arg]
+    """A ``concurrent.futures.Future`` that knows its stored task's id.
+
+    Cancelling a pending future removes its task from the store: it never runs, not even
+    after a restart.
+    """
+
+    def __init__(self, task_id: int, on_cancel: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self._on_cancel = on_cancel
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if cancelled and self._on_cancel is not None:
+            on_cancel, self._on_cancel = self._on_cancel, None
+            on_cancel(self.task_id)
+        return cancelled
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace(" state=", f" task_id={self.task_id} state=", 1)
+
+
+class _State:
+    """What the executor shares with its dispatcher's callbacks (never the executor itself,
+    so an executor nobody references is collected and its pool shut down)."""
+
+    def __init__(self, keep_results: bool) -> None:
+        self.lock = threading.Lock()
+        self.futures: dict[int, TaskFuture] = {}
+        self.keep_results = keep_results
+        self.finished: list[int] = []  # ids whose kept results this run may forget
+        self.broken: InitializerFailed | None = None
+        self.faults: list[Fault] = []
+
+    def begin(self, task_id: int) -> bool:
+        with self.lock:
+            fut = self.futures.get(task_id)
+        return fut is None or fut.set_running_or_notify_cancel()
+
+    def resolve(self, outcomes: list[tuple[int, bytes]]) -> None:
+        with self.lock:
+            found = [(self.futures.pop(i, None), o) for i, o in outcomes]
+        for fut, outcome in found:
+            if fut is None:
+                continue  # an earlier run's task nobody asked for: its result stays stored
+            if self.keep_results:
+                self.finished.append(fut.task_id)
+            if not fut.running() and not fut.set_running_or_notify_cancel():
+                continue  # cancelled after its task was leased: nobody wants the outcome
+            ok, value = decode_outcome(outcome)
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def break_all(self, exc: InitializerFailed) -> None:
+        with self.lock:
+            self.broken = exc
+            pending, self.futures = list(self.futures.values()), {}
+        for fut in pending:
+            if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
+                fut.set_exception(exc)
+
+
+class Executor(futures.Executor):
+    """A ``ProcessPoolExecutor`` that loses no task and never breaks.
+
+    Args:
+        max_workers: worker processes (default ``os.cpu_count()``).
+        mp_context: multiprocessing context for the workers (default: the current one).
+        initializer, initargs: run in each worker before its first task; if it raises, the
+            executor is broken (``InitializerFailed``) and its tasks stay stored.
+        max_tasks_per_child: replace a worker after this many tasks.
+        path: directory keeping tasks and results; ``None`` keeps them in memory (a dead
+            worker is still survived, a dead parent is not).
+        max_attempts: runs of a task whose worker dies or times out, before its future
+            raises ``WorkerCrashed`` / ``TaskTimeout``.
+        timeout: seconds a task may run before its worker is killed (default: no limit).
+        wait_for_owner: wait for another process owning ``path`` to exit, instead of
+            raising ``QueueLocked``.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        path: str | os.PathLike[str] | None = None,
+        max_attempts: int = 3,
+        timeout: float | None = None,
+        wait_for_owner: bool = False,
+    ) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        elif not isinstance(max_workers, int) or max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None and (
+            not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0
+        ):
+            raise ValueError("max_tasks_per_child must be >= 1")
+        self._options = check_options(timeout, max_attempts)
+        ctx = mp_context or multiprocessing.get_context()
+        durable = path is not None
+        store, lock, lock_dir, _ = claim(
+            path, None if durable else MemoryStore(), sync="normal", wait=wait_for_owner
+        )
+        self._store: Store = store
+        self._earlier = store.counts().put_total  # ids up to here belong to earlier runs
+        self._recovered: dict[int, TaskFuture] | None = None
+        self._state = state = _State(keep_results=durable)
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_thread = False
+        self.path = lock_dir or None
+        self.fault = ctx.Event()
+        fault_event = self.fault
+
+        def on_fault(fault: Fault) -> None:
+            state.faults.append(fault)
+            fault_event.set()
+            store.record_fault(fault)
+
+        self._dispatcher = Dispatcher(
+            store,
+            ctx=ctx,
+            workers=max_workers,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+            name=os.path.basename(lock_dir) if lock_dir else f"pid{os.getpid()}",
+            keep_results=durable,
+            resolve=state.resolve,
+            begin=state.begin,
+            on_fault=on_fault,
+            on_broken=state.break_all,
+        )
+        self._max_workers = max_workers
+        self._dispatcher.on_exit = _closer(self._dispatcher, store, state, lock)
+        self._cancelled = _canceller(state, self._dispatcher)
+        _live.add(self._dispatcher)
+        self._dispatcher.start()
+        # Collected without shutdown(): the pool finishes its tasks, then stops.
+        weakref.finalize(self, self._dispatcher.request_stop)
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    @property
+    def _broken(self) -> InitializerFailed | None:
+        return self._state.broken
+
+    def _check_open(self) -> None:
+        if self._state.broken is not None:
+            raise InitializerFailed(*self._state.broken.args)
+        if self._shutdown_thread:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def _submit_payloads(self, payloads: list[bytes]) -> list[TaskFuture]:
+        state = self._state
+        with self._shutdown_lock:
+            self._check_open()
+            with state.lock:
+                ids = self._store.put_many(payloads)
+                fs = [TaskFuture(i, self._cancelled) for i in ids]
+                state.futures.update(zip(ids, fs, strict=True))
+        self._dispatcher.nudge()
+        return fs
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Commit a call of ``fn`` and return its future (``future.task_id`` names it)."""
+        return self._submit(fn, args, kwargs, self._options)
+
+    def _submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
+    ) -> TaskFuture:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        return self._submit_payloads([encode_call(fn, args, kwargs, opts)])[0]
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """As ``ProcessPoolExecutor.map``; tasks are committed ``SUBMIT_BATCH`` per transaction."""
+        return self._map(fn, iterables, timeout, chunksize, self._options)
+
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        opts: Options,
+    ) -> Iterator[Any]:
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        end = None if timeout is None else timeout + time.monotonic()
+        if chunksize == 1:
+            payloads = [encode_call(fn, args, {}, opts) for args in zip(*iterables, strict=False)]
+        else:
+            payloads = [encode_chunk(fn, c, opts) for c in chunks(iterables, chunksize)]
+        fs: list[TaskFuture] = []
+        for start in range(0, len(payloads), SUBMIT_BATCH):
+            fs += self._submit_payloads(payloads[start : start + SUBMIT_BATCH])
+        results = _results(fs, end)
+        return itertools.chain.from_iterable(results) if chunksize > 1 else results
+
+    def options(self, **options: Any) -> TaskOptions:
+        """A view of this executor whose ``submit`` and ``map`` carry other task options:
+        ``timeout`` (seconds or None), ``max_attempts``. Unnamed ones keep the executor's."""
+        unknown = set(options) - set(Options._fields)
+        if unknown:
+            raise TypeError(f"unknown task options: {', '.join(sorted(unknown))}")
+        merged = self._options._replace(**options)
+        return TaskOptions(self, check_options(merged.timeout, merged.max_attempts))
+
+    # -- after a crash ------------------------------------------------------------------------
+
+    def recovered(self) -> dict[int, TaskFuture]:
+        """Futures for the tasks an earlier run at this ``path`` submitted and did not see
+        through: finished ones hold their result (or exception), the rest resolve as they
+        run here. Their results are dropped from the store at a clean shutdown."""
+        state = self._state
+        with state.lock:
+            if self._recovered is None:
+                # Unfinished first, results second: a task finishing in between is in both.
+                unfinished = self._store.unfinished(self._earlier)
+                results = self._store.results(self._earlier)
+                out: dict[int, TaskFuture] = {}
+                for task_id in unfinished:
+                    if task_id not in results:
+                        fut = TaskFuture(task_id, self._cancelled)
+                        out[task_id] = state.futures[task_id] = fut
+                for task_id, outcome in results.items():
+                    fut = out[task_id] = TaskFuture(task_id)
+                    fut.set_running_or_notify_cancel()
+                    ok, value = decode_outcome(outcome)
+                    fut.set_result(value) if ok else fut.set_exception(value)
+                    state.finished.append(task_id)
+                self._recovered = dict(sorted(out.items()))
+            return dict(self._recovered)
+
+    # -- faults and stats ---------------------------------------------------------------------
+
+    def faults(self) -> list[Fault]:
+        """What went wrong in this run: worker crashes, timeouts, store errors, oldest first."""
+        return list(self._state.faults)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts from the store plus this run's crash, timeout and stale-outcome counters."""
+        c = self._store.counts()
+        d = self._dispatcher
+        return {
+            "ready": c.ready,
+            "in_flight": c.in_flight,
+            "dead": c.dead,
+            "put_total": c.put_total,
+            "acked_total": c.acked_total,
+            "workers": self._max_workers,
+            "crashes": d.crashes,
+            "timeouts": d.timeouts,
+            "stale_outcomes": d.stale,
+        }
+
+    # -- shutting down ------------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As ``ProcessPoolExecutor.shutdown``. Without ``cancel_futures`` every stored task
+        runs first (an earlier run's too); cancelled ones are removed from the store."""
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+        if cancel_futures:
+            with self._state.lock:
+                pending = list(self._state.futures.values())
+            for fut in pending:
+                fut.cancel()
+            self._dispatcher.cancel = True
+        self._dispatcher.request_stop()
+        if wait:
+            self._dispatcher.join()
+
+    def __repr__(self) -> str:
+        where = self.path or "memory"
+        return f"<durableq.Executor {where} workers={self._max_workers}>"
+
+
+class TaskOptions:
+    """``Executor.options(...)``: the executor's ``submit`` and ``map`` with other options."""
+
+    def __init__(self, executor: Executor, options: Options) -> None:
+        self._executor = executor
+        self._opts = options
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        return self._executor._submit(fn, args, kwargs, self._opts)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        return self._executor._map(fn, iterables, timeout, chunksize, self._opts)
+
+    def __repr__(self) -> str:
+        return f"<durableq.TaskOptions {self._opts} of {self._executor!r}>"
+
+
+def _results(fs: list[TaskFuture], end: float | None) -> Iterator[Any]:
+    """Yield results in order; cancel what is left when the consumer stops early."""
+    try:
+        fs.reverse()
+        while fs:
+            fut = fs.pop()
+            try:
+                yield fut.result(None if end is None else end - time.monotonic())
+            finally:
+                fut.cancel()
+    finally:
+        for fut in fs:
+            fut.cancel()
+
+
+def _closer(dispatcher: Dispatcher, store: Store, state: _State, lock: Any) -> Callable[[], None]:
+    """What the dispatcher runs as it exits: forget this run's kept results (only after a
+    clean run: results of a broken one may still be wanted), close the store, unlock."""
+
+    def close() -> None:
+        try:
+            if dispatcher.error is None and state.broken is None and state.finished:
+                store.forget(state.finished)
+        finally:
+            store.close()
+            if lock is not None:
+                lock.release()
+            _live.discard(dispatcher)
+
+    return close
+
+
+def _canceller(state: _State, dispatcher: Dispatcher) -> Callable[[int], None]:
+    def cancelled(task_id: int) -> None:
+        with state.lock:
+            state.futures.pop(task_id, None)
+        dispatcher.discards.append(task_id)
+        dispatcher.wake()
+
+    return cancelled
+
+
+_live: set[Dispatcher] = set()
+_interpreter_exiting = False
+
+
+def _at_exit() -> None:
+    """Like ProcessPoolExecutor: finish every executor's work before the interpreter exits."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    for dispatcher in list(_live):
+        dispatcher.request_stop()
+    for dispatcher in list(_live):
+        dispatcher.join()
+
+
+threading._register_atexit(_at_exit)  # type: ignore[attr-defined]

@@ -1,0 +1,90 @@
+"""The worker process: receive a task over its pipe, run it, send the outcome back.
+
+Frames both ways are ``(task id, attempt)`` then bytes: the stored task going in, its
+encoded outcome coming out. An empty frame asks the worker to exit. The worker dies with
+its parent: a thread waits on the parent's sentinel and exits the process at once, so a
+restarted parent never races an orphan running the same task.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import struct
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any, Final
+
+from ._task import run
+
+FRAME: Final = struct.Struct("<qi")
+#: Sent instead of an outcome when the initializer raised; followed by the traceback text.
+INIT_FAILED: Final = FRAME.pack(-1, 0)
+#: Sent once the initializer succeeded: tasks go only to ready workers.
+READY: Final = FRAME.pack(-2, 0)
+
+
+def _title(text: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(text)
+    except Exception:  # a title is a courtesy: never fail a task over it
+        pass
+
+
+def _die_with_parent() -> None:
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)  # the parent is gone: its successor will run our task again
+
+    threading.Thread(target=watch, name="durableq-parent-watch", daemon=True).start()
+
+
+def main(
+    conn: Connection,
+    pool: str,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    max_tasks: int | None,
+) -> None:
+    """Entry point of a worker process."""
+    _die_with_parent()
+    _title(f"durableq worker {pool} init")
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException:
+            # The logger concurrent.futures users already watch for pool trouble.
+            logging.getLogger("concurrent.futures").critical(
+                "Exception in initializer:", exc_info=True
+            )
+            conn.send_bytes(INIT_FAILED + traceback.format_exc().encode())
+            return
+    conn.send_bytes(READY)
+    idle = f"durableq worker {pool} idle"
+    _title(idle)
+    done = 0
+    while max_tasks is None or done < max_tasks:
+        try:
+            frame = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not frame:
+            return
+        task_id, attempt = FRAME.unpack_from(frame)
+
+        def started(name: str, task_id: int = task_id) -> None:
+            _title(f"durableq worker {pool} task {task_id} {name}")
+
+        outcome = run(frame[FRAME.size :], started)
+        conn.send_bytes(FRAME.pack(task_id, attempt) + outcome)
+        _title(idle)
+        done += 1

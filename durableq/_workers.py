@@ -1,0 +1,364 @@
+"""The executor's dispatcher: one thread that leases tasks from the store, hands each to an
+idle worker process, and settles outcomes, crashes and timeouts back into the store.
+
+It waits on the workers' pipes and process sentinels and on a wakeup pipe
+(``multiprocessing.connection.wait``) with a timeout only when a task deadline is near:
+an idle pool sleeps in one system call. Each worker holds at most one task, so the task
+of a worker that dies is known exactly, and only that task's attempt is spent.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Final
+
+from . import _worker
+from ._errors import InitializerFailed, StoreError, TaskTimeout, WorkerCrashed, describe_exit
+from ._records import Fault, Leased, LeaseToken
+from ._task import encode_error, options_of
+from .store import Store
+
+#: A lease outlives any task: the dispatcher itself notices dead workers and timeouts.
+LEASE_TTL: Final = 10 * 365 * 86400.0
+STORE_RETRY: Final = 0.5
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: Any
+    conn: Connection
+    task: Leased | None = None
+    ready: bool = False  # initialized: tasks go only to ready workers
+    deadline: float = float("inf")
+    started: float = 0.0
+
+
+@dataclass
+class Settled:
+    """Outcomes waiting to be written to the store, then handed to futures."""
+
+    acks: list[tuple[LeaseToken, bytes]] = field(default_factory=list)
+    dead: list[tuple[LeaseToken, bytes]] = field(default_factory=list)
+    requeue: list[LeaseToken] = field(default_factory=list)
+
+
+class Dispatcher(threading.Thread):
+    """Runs the workers of one executor. Talks to the executor only through callbacks.
+
+    Args:
+        resolve: called with ``[(task id, outcome bytes)]`` once outcomes are stored.
+        begin: called with a task id as it is sent; False means its future was cancelled
+            (the task is then dropped, not run).
+        on_fault: records a fault (and sets the fault event).
+        on_broken: called once with ``InitializerFailed``; the dispatcher then stops.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        ctx: Any,
+        workers: int,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        max_tasks_per_child: int | None,
+        name: str,
+        keep_results: bool,
+        resolve: Callable[[list[tuple[int, bytes]]], None],
+        begin: Callable[[int], bool],
+        on_fault: Callable[[Fault], None],
+        on_broken: Callable[[InitializerFailed], None],
+    ) -> None:
+        super().__init__(name=f"durableq-executor-{name}", daemon=True)
+        self.store = store
+        self.ctx = ctx
+        self.size = workers
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks_per_child
+        self.pool = name
+        self.keep_results = keep_results
+        self.resolve = resolve
+        self.begin = begin
+        self.on_fault = on_fault
+        self.on_broken = on_broken
+        self.workers: dict[int, _Worker] = {}  # by sentinel
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._wake_lock = threading.Lock()
+        self.idle = False  # True while waiting with nothing to lease: producers wake us
+        self.stopping = False  # shutdown asked: finish what the store holds, then exit
+        self.cancel = False  # shutdown(cancel_futures=True): lease nothing new
+        self.discards: list[int] = []  # cancelled futures' tasks, dropped from the store
+        self.settled = Settled()
+        self.retry_at = 0.0
+        self.error: BaseException | None = None
+        self.on_exit: Callable[[], None] = lambda: None
+        #: Crashes and timeouts seen, for stats.
+        self.crashes = 0
+        self.timeouts = 0
+        self.stale = 0
+
+    # -- called from other threads ---------------------------------------------------------
+
+    def wake(self) -> None:
+        with self._wake_lock:  # never write to a closed (maybe reused) descriptor
+            if self._wake_w < 0:
+                return
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full of wakeups already
+
+    def request_stop(self) -> None:
+        """Finish what the store holds, then stop the workers and exit."""
+        self.stopping = True
+        self.wake()
+
+    def nudge(self) -> None:
+        """Wake the dispatcher only if it sleeps for lack of tasks (cheap on every submit)."""
+        if self.idle:
+            self.idle = False
+            self.wake()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            for _ in range(self.size):
+                self._spawn()
+            while self._round():
+                pass
+        except BaseException as exc:  # pragma: no cover - reported, never silent
+            self.error = exc
+            self.on_fault(Fault("dispatcher-died", time.time(), repr(exc)))
+        finally:
+            try:
+                self._stop_workers()
+            finally:
+                with self._wake_lock:
+                    os.close(self._wake_r)
+                    os.close(self._wake_w)
+                    self._wake_w = -1
+                self.on_exit()
+
+    def _round(self) -> bool:
+        self._assign()
+        busy = [w for w in self.workers.values() if w.task is not None]
+        if self.stopping and not busy and not self._has_work():
+            return False
+        waits: list[Any] = [self._wake_r, *self.workers]
+        waits += [w.conn for w in self.workers.values() if w.task is not None or not w.ready]
+        deadline = min([w.deadline for w in busy] + [float("inf")])
+        if self.retry_at:
+            deadline = min(deadline, self.retry_at)
+        timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
+        # Workers free after _assign mean the store ran dry: sleep until a producer wakes
+        # us (set idle first, then look again, so a put in between is never missed).
+        self.idle = any(w.ready and w.task is None for w in self.workers.values())
+        if self.idle and self._has_work():
+            self.idle = False
+            return True
+        ready = wait(waits, timeout)
+        self.idle = False
+        for obj in ready:
+            if obj == self._wake_r:
+                os.read(self._wake_r, 4096)
+            elif isinstance(obj, int):
+                self._exited(self.workers[obj])
+            else:
+                self._receive(obj)  # type: ignore[arg-type]
+        now = time.monotonic()
+        for w in busy:
+            if w.process.sentinel in self.workers and w.task is not None and w.deadline <= now:
+                self._timed_out(w)
+        self._settle()
+        return True
+
+    def _has_work(self) -> bool:
+        if self.cancel or self.retry_at:
+            return False
+        return self.store.has_ready(time.time())
+
+    # -- handing out tasks --------------------------------------------------------------------
+
+    def _assign(self) -> None:
+        if self.discards:
+            ids, self.discards = self.discards, []
+            self.store.discard(ids)
+        if self.cancel or self.retry_at > time.monotonic():
+            return
+        self.retry_at = 0.0
+        idle = [w for w in self.workers.values() if w.ready and w.task is None]
+        if not idle:
+            return
+        try:
+            leased = self.store.lease(self.pool, len(idle), now=time.time(), ttl=LEASE_TTL)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return
+        dropped: list[LeaseToken] = []
+        for w, task in zip(idle, leased, strict=False):
+            if not self.begin(task.token.id):
+                dropped.append(task.token)
+                continue
+            self._send(w, task)
+        if dropped:
+            self.store.ack(dropped)
+
+    def _send(self, w: _Worker, task: Leased) -> None:
+        timeout = options_of(task.payload).timeout
+        w.task = task
+        w.started = time.monotonic()
+        w.deadline = w.started + timeout if timeout else float("inf")
+        try:
+            w.conn.send_bytes(_worker.FRAME.pack(*task.token) + task.payload)
+        except OSError:
+            pass  # the worker died: its sentinel says so next round, and the task is retried
+
+    # -- what comes back ----------------------------------------------------------------------
+
+    def _receive(self, conn: Connection) -> None:
+        w = next((x for x in self.workers.values() if x.conn is conn), None)
+        if w is None:
+            return  # already handled as exited this round
+        try:
+            while conn.poll():
+                frame = conn.recv_bytes()
+                self._outcome(w, frame)
+        except (EOFError, OSError):
+            pass  # it exited: the sentinel handles it
+
+    def _outcome(self, w: _Worker, frame: bytes) -> None:
+        if frame == _worker.READY:
+            w.ready = True
+            return
+        if frame.startswith(_worker.INIT_FAILED):
+            self._broken(frame[_worker.FRAME.size :].decode(errors="replace"))
+            return
+        token = LeaseToken(*_worker.FRAME.unpack_from(frame))
+        if w.task is None or w.task.token != token:
+            self.stale += 1  # a late outcome of an attempt given up on: fenced off
+            return
+        w.task, w.deadline = None, float("inf")
+        self.settled.acks.append((token, frame[_worker.FRAME.size :]))
+
+    def _exited(self, w: _Worker) -> None:
+        self._receive(w.conn)  # an outcome sent just before exiting still counts
+        w.process.join(1.0)
+        code = w.process.exitcode
+        del self.workers[w.process.sentinel]
+        w.conn.close()
+        task = w.task
+        if task is not None:
+            self.crashes += 1
+            self._failed(task, code, timeout=None)
+        elif code not in (0, None) and not self.stopping:
+            self.on_fault(
+                Fault("worker-died", time.time(), f"idle worker {w.process.pid}: "
+                      f"{describe_exit(code)}")
+            )
+        if not self.stopping or self._has_work():
+            self._spawn()
+
+    def _timed_out(self, w: _Worker) -> None:
+        w.process.kill()
+        w.process.join()
+        self._receive(w.conn)  # it may have finished in the last instant
+        task = w.task
+        del self.workers[w.process.sentinel]
+        w.conn.close()
+        if task is not None:
+            self.timeouts += 1
+            self._failed(task, w.process.exitcode, timeout=options_of(task.payload).timeout)
+        self._spawn()
+
+    def _failed(self, task: Leased, exitcode: int | None, timeout: float | None) -> None:
+        token = task.token
+        limit = options_of(task.payload).max_attempts
+        what = (
+            f"task {token.id} ran past its {timeout:g} s timeout; worker killed"
+            if timeout
+            else f"worker died ({describe_exit(exitcode)}) running task {token.id}"
+        )
+        self.on_fault(
+            Fault("task-timeout" if timeout else "worker-crashed", time.time(),
+                  f"{what} (attempt {token.attempt} of {limit})")
+        )
+        if token.attempt < limit:
+            self.settled.requeue.append(token)
+            return
+        exc: BaseException = (
+            TaskTimeout(token.id, timeout, token.attempt)
+            if timeout
+            else WorkerCrashed(token.id, token.attempt, exitcode)
+        )
+        self.settled.dead.append((token, encode_error(exc)))
+
+    def _broken(self, tb: str) -> None:
+        if not self.stopping:
+            self.stopping = self.cancel = True
+            self.on_fault(Fault("initializer-failed", time.time(), tb))
+            self.on_broken(InitializerFailed(f"the executor's initializer raised:\n{tb}"))
+
+    # -- writing back -------------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        s = self.settled
+        if not (s.acks or s.dead or s.requeue):
+            return
+        keep = self.keep_results
+        try:
+            if s.acks:
+                tokens = [t for t, _ in s.acks]
+                self.store.ack(tokens, results=[o for _, o in s.acks] if keep else None)
+            if s.dead:
+                tokens = [t for t, _ in s.dead]
+                self.store.nack(
+                    tokens, requeue=False, results=[o for _, o in s.dead] if keep else None
+                )
+            if s.requeue:
+                self.store.nack(s.requeue, requeue=True)
+        except StoreError as exc:
+            # Nothing of the failed call was applied; apply what is left again shortly.
+            self._store_failed(exc)
+            return
+        self.settled = Settled()
+        self.resolve([(t.id, o) for t, o in s.acks + s.dead])
+
+    def _store_failed(self, exc: StoreError) -> None:
+        self.retry_at = time.monotonic() + STORE_RETRY
+        self.on_fault(Fault("store-error", time.time(), repr(exc)))
+
+    # -- worker processes ---------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        ours, theirs = self.ctx.Pipe()
+        process = self.ctx.Process(
+            target=_worker.main,
+            args=(theirs, self.pool, self.initializer, self.initargs, self.max_tasks),
+            name=f"durableq-worker-{self.pool}",
+        )
+        process.start()
+        theirs.close()
+        self.workers[process.sentinel] = _Worker(process, ours)
+
+    def _stop_workers(self) -> None:
+        for w in self.workers.values():
+            try:
+                w.conn.send_bytes(b"")
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5.0
+        for w in self.workers.values():
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.exitcode is None:
+                w.process.kill()
+                w.process.join()
+            w.conn.close()
+        self.workers.clear()
