@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
-from ._errors import InitializerFailed
 from ._owner import claim
 from ._records import Fault
 from ._task import Options, check_options, chunks, decode_outcome, encode_call, encode_chunk
@@ -62,13 +61,14 @@ class _State:
         self.futures: dict[int, TaskFuture] = {}
         self.keep_results = keep_results
         self.finished: list[int] = []  # ids whose kept results this run may forget
-        self.broken: InitializerFailed | None = None
+        self.broken: futures.BrokenExecutor | None = None
         self.faults: list[Fault] = []
 
     def begin(self, task_id: int) -> bool:
         with self.lock:
             fut = self.futures.get(task_id)
-        return fut is None or fut.set_running_or_notify_cancel()
+        # A retried task's future is already running.
+        return fut is None or fut.running() or fut.set_running_or_notify_cancel()
 
     def resolve(self, outcomes: list[tuple[int, bytes]]) -> None:
         with self.lock:
@@ -86,7 +86,7 @@ class _State:
             else:
                 fut.set_exception(value)
 
-    def break_all(self, exc: InitializerFailed) -> None:
+    def break_all(self, exc: futures.BrokenExecutor) -> None:
         with self.lock:
             self.broken = exc
             pending, self.futures = list(self.futures.values()), {}
@@ -182,12 +182,13 @@ class Executor(futures.Executor):
     # -- submitting ---------------------------------------------------------------------------
 
     @property
-    def _broken(self) -> InitializerFailed | None:
+    def _broken(self) -> futures.BrokenExecutor | None:
         return self._state.broken
 
     def _check_open(self) -> None:
-        if self._state.broken is not None:
-            raise InitializerFailed(*self._state.broken.args)
+        broken = self._state.broken
+        if broken is not None:
+            raise type(broken)(*broken.args)
         if self._shutdown_thread:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _interpreter_exiting:

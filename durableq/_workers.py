@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Final
@@ -55,7 +56,8 @@ class Dispatcher(threading.Thread):
         begin: called with a task id as it is sent; False means its future was cancelled
             (the task is then dropped, not run).
         on_fault: records a fault (and sets the fault event).
-        on_broken: called once with ``InitializerFailed``; the dispatcher then stops.
+        on_broken: called once with ``InitializerFailed`` (or a ``BrokenExecutor`` naming
+            the error that killed the dispatcher); the dispatcher then stops.
     """
 
     def __init__(
@@ -72,7 +74,7 @@ class Dispatcher(threading.Thread):
         resolve: Callable[[list[tuple[int, bytes]]], None],
         begin: Callable[[int], bool],
         on_fault: Callable[[Fault], None],
-        on_broken: Callable[[InitializerFailed], None],
+        on_broken: Callable[[BrokenExecutor], None],
     ) -> None:
         super().__init__(name=f"durableq-executor-{name}", daemon=True)
         self.store = store
@@ -134,9 +136,12 @@ class Dispatcher(threading.Thread):
                 self._spawn()
             while self._round():
                 pass
-        except BaseException as exc:  # pragma: no cover - reported, never silent
+        except BaseException as exc:  # a bug: reported, and no future waits forever
             self.error = exc
             self.on_fault(Fault("dispatcher-died", time.time(), repr(exc)))
+            broken = BrokenExecutor(f"the executor's dispatcher died: {exc!r}")
+            broken.__cause__ = exc
+            self.on_broken(broken)
         finally:
             try:
                 self._stop_workers()

@@ -1,0 +1,371 @@
+"""durableq.Executor: results, exceptions, real worker and parent SIGKILLs, timeouts,
+initializer failures, recycling, cancellation. Every crash here is a real signal."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import durableq
+from durableq import Executor, InitializerFailed, TaskTimeout, WorkerCrashed
+
+from .conftest import TIMEOUT
+
+# -- task functions: module level, so workers import them by path -----------------------------
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def pid(_: object = None) -> int:
+    return os.getpid()
+
+
+def fail(msg: str) -> None:
+    raise ValueError(msg)  # the line the remote traceback must show
+
+
+def die_once(marker: str, value: int) -> int:
+    """SIGKILL its own worker on the first attempt; the retry on a fresh worker succeeds."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+def always_die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def exit_hard(code: int) -> None:
+    os._exit(code)
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def wait_for_file(path: str) -> str:
+    deadline = time.monotonic() + TIMEOUT
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return path
+
+
+def touch(path: str) -> None:
+    Path(path).touch()
+
+
+def record(log: str, i: int) -> int:
+    """Append ``i`` to ``log`` (one O_APPEND write: lines never interleave), return i*i."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{i}\n".encode())
+    finally:
+        os.close(fd)
+    time.sleep(0.002)
+    return i * i
+
+
+def title() -> str:
+    import setproctitle
+
+    return str(setproctitle.getproctitle())
+
+
+def unpicklable_result() -> Any:
+    return lambda: None
+
+
+class Unpicklable(Exception):
+    def __reduce__(self) -> Any:
+        raise TypeError("this exception refuses to be pickled")
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable("boom")
+
+
+def bad_init() -> None:
+    raise RuntimeError("no database today")
+
+
+# -- results and errors ------------------------------------------------------------------------
+
+
+def test_submit_map_and_chunks_return_results_in_order(ctx: Any) -> None:
+    with Executor(2, mp_context=ctx) as ex:
+        fut = ex.submit(square, 7)
+        assert isinstance(fut, cf.Future) and isinstance(fut.task_id, int)
+        assert fut.result(TIMEOUT) == 49
+        assert list(ex.map(square, range(50), timeout=TIMEOUT)) == [x * x for x in range(50)]
+        assert list(ex.map(pow, range(50), [2] * 50, chunksize=7)) == [x * x for x in range(50)]
+        done, _ = cf.wait([ex.submit(square, i) for i in range(10)], timeout=TIMEOUT)
+        assert sorted(f.result() for f in done) == [i * i for i in range(10)]
+
+
+def test_exceptions_carry_the_remote_traceback() -> None:
+    with Executor(1) as ex:
+        with pytest.raises(ValueError, match="bad input") as info:
+            ex.submit(fail, "bad input").result(TIMEOUT)
+        cause = info.value.__cause__
+        assert "raise ValueError(msg)  # the line the remote traceback must show" in str(cause)
+
+
+def test_unpicklable_results_and_exceptions_are_reported_not_swallowed() -> None:
+    with Executor(1) as ex:
+        with pytest.raises(Exception, match="pickle") as info:
+            ex.submit(unpicklable_result).result(TIMEOUT)
+        assert "lambda" in str(info.value) or "lambda" in str(info.value.__cause__)
+        with pytest.raises(TypeError, match="refuses to be pickled") as info2:
+            ex.submit(raise_unpicklable).result(TIMEOUT)
+        assert "Unpicklable: boom" in str(info2.value.__cause__)
+        assert ex.submit(square, 3).result(TIMEOUT) == 9, "the worker is still fine"
+
+
+def test_bad_arguments_are_refused_with_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_workers"):
+        Executor(0)
+    with pytest.raises(TypeError, match="initializer"):
+        Executor(1, initializer=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_attempts"):
+        Executor(1, max_attempts=0)
+    with pytest.raises(ValueError, match="timeout"):
+        Executor(1, timeout=-1)
+    with Executor(1) as ex:
+        with pytest.raises(TypeError, match="callable"):
+            ex.submit(42)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="unknown task options: colour"):
+            ex.options(colour="red")
+        with pytest.raises(ValueError, match="chunksize"):
+            ex.map(square, [1], chunksize=0)
+        with pytest.raises(Exception, match="pickle"):
+            ex.submit(square, lambda: 1)  # cannot be stored: nothing is
+        assert ex.stats()["put_total"] == 0
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(square, 1)
+
+
+# -- worker death ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_task_that_kills_its_worker_once_completes_on_a_fresh_worker(
+    tmp_path: Path, method: str
+) -> None:
+    ctx = multiprocessing.get_context(method)
+    with Executor(2, mp_context=ctx, path=tmp_path / "q") as ex:
+        fut = ex.submit(die_once, str(tmp_path / "marker"), 42)
+        assert fut.result(TIMEOUT) == 42
+        assert ex.fault.is_set()
+        (fault,) = [f for f in ex.faults() if f.kind == "worker-crashed"]
+        assert f"task {fut.task_id}" in fault.detail and "SIGKILL" in fault.detail
+        assert ex.stats()["crashes"] == 1
+
+
+def test_a_poison_task_ends_in_worker_crashed_while_others_finish(tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    with Executor(2, path=tmp_path / "q", max_attempts=3) as ex:
+        poison = ex.submit(always_die)
+        others = [ex.submit(record, log, i) for i in range(100)]
+        with pytest.raises(WorkerCrashed) as info:
+            poison.result(TIMEOUT)
+        assert (info.value.attempts, info.value.exitcode) == (3, -signal.SIGKILL)
+        assert [f.result(TIMEOUT) for f in others] == [i * i for i in range(100)]
+        assert ex.stats()["crashes"] == 3
+        assert ex.stats()["dead"] == 1
+    assert sorted(map(int, Path(log).read_text().split())) == list(range(100))
+
+
+def test_os_exit_counts_as_a_crash_with_its_exit_code() -> None:
+    with Executor(1, max_attempts=1) as ex:
+        with pytest.raises(WorkerCrashed, match="exit code 7"):
+            ex.submit(exit_hard, 7).result(TIMEOUT)
+        assert ex.submit(square, 2).result(TIMEOUT) == 4
+
+
+def test_an_idle_worker_killed_is_replaced() -> None:
+    with Executor(1) as ex:
+        first = ex.submit(pid).result(TIMEOUT)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + TIMEOUT
+        while psutil.pid_exists(first) and psutil.Process(first).status() != "zombie":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert ex.submit(pid).result(TIMEOUT) != first
+
+
+# -- timeouts ----------------------------------------------------------------------------------
+
+
+def test_a_task_past_its_timeout_is_killed_and_fails_with_task_timeout() -> None:
+    with Executor(1, max_attempts=2) as ex:
+        slow = ex.options(timeout=0.2).submit(sleep_for, 60)
+        with pytest.raises(TaskTimeout) as info:
+            slow.result(TIMEOUT)
+        assert isinstance(info.value, TimeoutError)
+        assert info.value.attempts == 2
+        assert ex.submit(sleep_for, 0.01).result(TIMEOUT) == 0.01, "the pool goes on"
+        assert [f.kind for f in ex.faults()] == ["task-timeout", "task-timeout"]
+
+
+def test_executor_timeout_applies_to_every_task_and_options_override_it() -> None:
+    with Executor(1, timeout=0.2, max_attempts=1) as ex:
+        with pytest.raises(TaskTimeout):
+            ex.submit(sleep_for, 60).result(TIMEOUT)
+        assert ex.options(timeout=None).submit(sleep_for, 0.3).result(TIMEOUT) == 0.3
+
+
+# -- the parent dies ---------------------------------------------------------------------------
+
+
+def _parent(path: str, log: str, n: int, submitted: Any) -> None:
+    ex = Executor(2, path=path)
+    ex.map(record, [log] * n, range(n))
+    submitted.set()
+    time.sleep(600)  # killed long before
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_parent_killed_mid_map_resumes_and_recovered_has_each_result_once(
+    tmp_path: Path, method: str
+) -> None:
+    ctx = multiprocessing.get_context(method)
+    path, log, n = str(tmp_path / "q"), str(tmp_path / "log"), 300
+    submitted = ctx.Event()
+    parent = ctx.Process(target=_parent, args=(path, log, n, submitted))
+    parent.start()
+    assert submitted.wait(TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    while not os.path.exists(log) or len(Path(log).read_text().split()) < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    workers = psutil.Process(parent.pid).children()
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.join()
+    _, alive = psutil.wait_procs(workers, timeout=TIMEOUT)
+    assert not alive, "workers must die with their parent"
+    ran_before = set(map(int, Path(log).read_text().split()))
+    assert 20 <= len(ran_before) < n
+
+    with Executor(2, path=path) as ex:
+        recovered = ex.recovered()
+        assert sorted(recovered) == list(range(1, n + 1)), "every task, exactly once"
+        results = {tid: f.result(TIMEOUT) for tid, f in recovered.items()}
+        assert results == {tid: (tid - 1) ** 2 for tid in range(1, n + 1)}
+        assert ex.recovered().keys() == recovered.keys()
+    runs = list(map(int, Path(log).read_text().split()))
+    assert set(runs) == set(range(n))
+    # At-least-once: only tasks running when the parent died may have run twice.
+    assert len(runs) - n <= 2
+
+    with Executor(1, path=path) as ex:
+        assert ex.recovered() == {}, "a clean shutdown forgets results already handed out"
+        assert ex.stats()["ready"] == 0
+
+
+def test_an_unrecovered_earlier_run_keeps_its_results(tmp_path: Path) -> None:
+    path = tmp_path / "q"
+    ctx = multiprocessing.get_context("fork")
+    submitted = ctx.Event()
+    parent = ctx.Process(target=_parent, args=(str(path), str(tmp_path / "log"), 5, submitted))
+    parent.start()
+    assert submitted.wait(TIMEOUT)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.join()
+    with Executor(1, path=path) as ex:
+        assert ex.submit(square, 3).result(TIMEOUT) == 9  # earlier tasks run too
+    with Executor(1, path=path) as ex:
+        recovered = ex.recovered()
+        assert {t: f.result(TIMEOUT) for t, f in recovered.items()} == {
+            t: (t - 1) ** 2 for t in range(1, 6)
+        }
+
+
+# -- initializer, recycling, titles ------------------------------------------------------------
+
+
+def test_a_failing_initializer_breaks_the_executor_and_keeps_the_tasks(tmp_path: Path) -> None:
+    path = tmp_path / "q"
+    ex = Executor(1, initializer=bad_init, path=path)
+    fut = ex.submit(square, 5)
+    with pytest.raises(InitializerFailed, match="no database today"):
+        fut.result(TIMEOUT)
+    assert isinstance(fut.exception(), cf.BrokenExecutor)
+    with pytest.raises(InitializerFailed):
+        ex.submit(square, 6)
+    ex.shutdown()
+    with Executor(1, path=path) as again:
+        (recovered,) = again.recovered().values()
+        assert recovered.result(TIMEOUT) == 25, "the task was kept for a working pool"
+
+
+def test_max_tasks_per_child_recycles_workers(ctx: Any) -> None:
+    with Executor(1, mp_context=ctx, max_tasks_per_child=2) as ex:
+        pids = [ex.submit(pid).result(TIMEOUT) for _ in range(6)]
+    assert len(set(pids)) == 3 and pids[0] == pids[1] != pids[2] == pids[3]
+
+
+def test_workers_are_titled_with_what_they_run(tmp_path: Path) -> None:
+    with Executor(1, path=tmp_path / "jobs.q") as ex:
+        fut = ex.submit(title)
+        assert fut.result(TIMEOUT) == (
+            f"durableq worker jobs.q task {fut.task_id} tests.test_executor.title"
+        )
+
+
+# -- cancellation and shutdown -----------------------------------------------------------------
+
+
+def test_a_cancelled_task_never_runs_even_after_a_restart(tmp_path: Path) -> None:
+    path, gate = tmp_path / "q", str(tmp_path / "gate")
+    with Executor(1, path=path) as ex:
+        blocker = ex.submit(wait_for_file, gate)
+        queued = ex.submit(touch, str(tmp_path / "ran"))
+        assert queued.cancel() and queued.cancelled()
+        touch(gate)
+        assert blocker.result(TIMEOUT) == gate
+    with Executor(1, path=path) as ex:
+        assert ex.recovered() == {} and ex.stats()["ready"] == 0
+    assert not (tmp_path / "ran").exists()
+
+
+def test_shutdown_cancel_futures_drops_pending_tasks(tmp_path: Path) -> None:
+    gate = str(tmp_path / "gate")
+    ex = Executor(1, path=tmp_path / "q")
+    running = ex.submit(wait_for_file, gate)
+    deadline = time.monotonic() + TIMEOUT
+    while not running.running():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    pending = [ex.submit(touch, str(tmp_path / f"ran{i}")) for i in range(5)]
+    ex.shutdown(wait=False, cancel_futures=True)
+    touch(gate)
+    ex.shutdown(wait=True)
+    assert running.result(TIMEOUT) == gate
+    assert all(f.cancelled() for f in pending)
+    assert not list(tmp_path.glob("ran*"))
+
+
+def test_shutdown_waits_for_every_task(tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    ex = Executor(2)
+    futs = [ex.submit(record, log, i) for i in range(40)]
+    ex.shutdown(wait=True)
+    assert all(f.done() for f in futs)
+    assert len(Path(log).read_text().split()) == 40
+
+
+def test_a_second_executor_on_the_same_path_is_refused(tmp_path: Path) -> None:
+    with Executor(1, path=tmp_path / "q"), pytest.raises(durableq.QueueLocked):
+        Executor(1, path=tmp_path / "q")
