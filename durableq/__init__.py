@@ -22,6 +22,7 @@ from ._errors import (
 from ._executor import Executor, TaskFuture, TaskOptions
 from ._inspect import Inspector, inspect
 from ._message import Message
+from ._pool import Pool
 from ._queue import JoinableQueue, Queue
 from ._records import Counts, Fault, Leased, LeaseToken, Priority, State
 from ._serializer import Serializer
@@ -44,6 +45,7 @@ __all__ = [
     "MemoryStore",
     "Message",
     "OwnerGone",
+    "Pool",
     "Priority",
     "Queue",
     "QueueLocked",

@@ -56,10 +56,15 @@ class _State:
     """What the executor shares with its dispatcher's callbacks (never the executor itself,
     so an executor nobody references is collected and its pool shut down)."""
 
-    def __init__(self, keep_results: bool) -> None:
+    def __init__(self, keep_results: bool, earlier: int) -> None:
         self.lock = threading.Lock()
         self.futures: dict[int, TaskFuture] = {}
         self.keep_results = keep_results
+        self.earlier = earlier  # ids above belong to this run
+        # A task can finish before submit() has registered its future (the put happens
+        # outside the lock, so the dispatcher never waits for a commit): park its outcome.
+        self.early: dict[int, bytes] = {}
+        self.dropped: set[int] = set()  # cancelled: an outcome that still comes is dropped
         self.finished: list[int] = []  # ids whose kept results this run may forget
         self.broken: futures.BrokenExecutor | None = None
         self.faults: list[Fault] = []
@@ -67,15 +72,35 @@ class _State:
     def begin(self, task_id: int) -> bool:
         with self.lock:
             fut = self.futures.get(task_id)
+            if task_id in self.dropped:
+                self.dropped.discard(task_id)
+                return False
         # A retried task's future is already running.
         return fut is None or fut.running() or fut.set_running_or_notify_cancel()
 
-    def resolve(self, outcomes: list[tuple[int, bytes]]) -> None:
+    def register(self, fs: list[TaskFuture]) -> None:
         with self.lock:
-            found = [(self.futures.pop(i, None), o) for i, o in outcomes]
+            for fut in fs:
+                self.futures[fut.task_id] = fut
+            early = [(f, self.early.pop(f.task_id)) for f in fs if f.task_id in self.early]
+        self._settle(early)
+
+    def resolve(self, outcomes: list[tuple[int, bytes]]) -> None:
+        found = []
+        with self.lock:
+            for task_id, outcome in outcomes:
+                fut = self.futures.pop(task_id, None)
+                if fut is not None:
+                    found.append((fut, outcome))
+                elif task_id in self.dropped:
+                    self.dropped.discard(task_id)
+                elif task_id > self.earlier:
+                    self.early[task_id] = outcome
+                # else: an earlier run's task nobody asked for: its result stays stored
+        self._settle(found)
+
+    def _settle(self, found: list[tuple[TaskFuture, bytes]]) -> None:
         for fut, outcome in found:
-            if fut is None:
-                continue  # an earlier run's task nobody asked for: its result stays stored
             if self.keep_results:
                 self.finished.append(fut.task_id)
             if not fut.running() and not fut.set_running_or_notify_cancel():
@@ -145,7 +170,7 @@ class Executor(futures.Executor):
         self._store: Store = store
         self._earlier = store.counts().put_total  # ids up to here belong to earlier runs
         self._recovered: dict[int, TaskFuture] | None = None
-        self._state = state = _State(keep_results=durable)
+        self._state = state = _State(keep_results=durable, earlier=self._earlier)
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
         self.path = lock_dir or None
@@ -198,11 +223,10 @@ class Executor(futures.Executor):
         state = self._state
         with self._shutdown_lock:
             self._check_open()
-            with state.lock:
-                ids = self._store.put_many(payloads)
-                fs = [TaskFuture(i, self._cancelled) for i in ids]
-                state.futures.update(zip(ids, fs, strict=True))
+            ids = self._store.put_many(payloads)
         self._dispatcher.nudge()
+        fs = [TaskFuture(i, self._cancelled) for i in ids]
+        state.register(fs)
         return fs
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
@@ -387,6 +411,7 @@ def _canceller(state: _State, dispatcher: Dispatcher) -> Callable[[int], None]:
     def cancelled(task_id: int) -> None:
         with state.lock:
             state.futures.pop(task_id, None)
+            state.dropped.add(task_id)
         dispatcher.discards.append(task_id)
         dispatcher.wake()
 

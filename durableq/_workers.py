@@ -3,8 +3,10 @@ idle worker process, and settles outcomes, crashes and timeouts back into the st
 
 It waits on the workers' pipes and process sentinels and on a wakeup pipe
 (``multiprocessing.connection.wait``) with a timeout only when a task deadline is near:
-an idle pool sleeps in one system call. Each worker holds at most one task, so the task
-of a worker that dies is known exactly, and only that task's attempt is spent.
+an idle pool sleeps in one system call. Each worker holds up to ``PIPELINE`` tasks, so it
+starts the next one while the dispatcher is still storing the last outcome. Outcomes come
+back in order, so the task a worker was running when it died is known exactly: only that
+task's attempt is spent; the ones queued behind it go back to the store uncounted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
@@ -27,16 +30,29 @@ from .store import Store
 #: A lease outlives any task: the dispatcher itself notices dead workers and timeouts.
 LEASE_TTL: Final = 10 * 365 * 86400.0
 STORE_RETRY: Final = 0.5
+#: Tasks sent ahead to each worker while tasks are short: it hides the dispatcher's round
+#: trip. Longer tasks gain nothing from it and would wait behind each other while another
+#: worker idles, so each worker then holds only the task it runs.
+PIPELINE: Final = 4
+SHORT_TASK: Final = 0.005
 
 
 @dataclass(eq=False)
 class _Worker:
     process: Any
     conn: Connection
-    task: Leased | None = None
+    budget: float  # tasks it may still take (max_tasks_per_child)
+    tasks: deque[Leased] = field(default_factory=deque)  # the first one is running
     ready: bool = False  # initialized: tasks go only to ready workers
-    deadline: float = float("inf")
-    started: float = 0.0
+    deadline: float = float("inf")  # of the running task
+    since: float = 0.0  # when the running task started
+
+    @property
+    def task(self) -> Leased | None:
+        return self.tasks[0] if self.tasks else None
+
+    def room(self, depth: int) -> int:
+        return max(0, int(min(depth - len(self.tasks), self.budget))) if self.ready else 0
 
 
 @dataclass
@@ -101,6 +117,11 @@ class Dispatcher(threading.Thread):
         self.retry_at = 0.0
         self.error: BaseException | None = None
         self.on_exit: Callable[[], None] = lambda: None
+        #: Attempts to give back per task id: leases spent on tasks queued behind a task
+        #: that killed its worker (they never started).
+        self.refunds: dict[int, int] = {}
+        self.depth = 1  # tasks per worker: PIPELINE while recent tasks were short
+        self.run_time = 1.0  # moving average of task run times, seconds
         #: Crashes and timeouts seen, for stats.
         self.crashes = 0
         self.timeouts = 0
@@ -165,7 +186,7 @@ class Dispatcher(threading.Thread):
         timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
         # Workers free after _assign mean the store ran dry: sleep until a producer wakes
         # us (set idle first, then look again, so a put in between is never missed).
-        self.idle = any(w.ready and w.task is None for w in self.workers.values())
+        self.idle = any(w.room(self.depth) for w in self.workers.values())
         if self.idle and self._has_work():
             self.idle = False
             return True
@@ -199,16 +220,20 @@ class Dispatcher(threading.Thread):
         if self.cancel or self.retry_at > time.monotonic():
             return
         self.retry_at = 0.0
-        idle = [w for w in self.workers.values() if w.ready and w.task is None]
-        if not idle:
+        # Empty workers first, one task each, then the pipelines: spread before stacking.
+        slots = [w for w in self.workers.values() if w.room(self.depth) and not w.tasks]
+        slots += [
+            w for w in self.workers.values() for _ in range(w.room(self.depth) - (not w.tasks))
+        ]
+        if not slots:
             return
         try:
-            leased = self.store.lease(self.pool, len(idle), now=time.time(), ttl=LEASE_TTL)
+            leased = self.store.lease(self.pool, len(slots), now=time.time(), ttl=LEASE_TTL)
         except StoreError as exc:
             self._store_failed(exc)
             return
         dropped: list[LeaseToken] = []
-        for w, task in zip(idle, leased, strict=False):
+        for w, task in zip(slots, leased, strict=False):
             if not self.begin(task.token.id):
                 dropped.append(task.token)
                 continue
@@ -217,14 +242,20 @@ class Dispatcher(threading.Thread):
             self.store.ack(dropped)
 
     def _send(self, w: _Worker, task: Leased) -> None:
-        timeout = options_of(task.payload).timeout
-        w.task = task
-        w.started = time.monotonic()
-        w.deadline = w.started + timeout if timeout else float("inf")
+        w.tasks.append(task)
+        w.budget -= 1
+        if len(w.tasks) == 1:
+            self._arm(w, time.monotonic())
         try:
             w.conn.send_bytes(_worker.FRAME.pack(*task.token) + task.payload)
         except OSError:
             pass  # the worker died: its sentinel says so next round, and the task is retried
+
+    def _arm(self, w: _Worker, now: float) -> None:
+        """The worker's first task is running from ``now``: arm its timeout."""
+        timeout = options_of(w.tasks[0].payload).timeout if w.tasks else None
+        w.deadline = now + timeout if timeout else float("inf")
+        w.since = now
 
     # -- what comes back ----------------------------------------------------------------------
 
@@ -250,7 +281,13 @@ class Dispatcher(threading.Thread):
         if w.task is None or w.task.token != token:
             self.stale += 1  # a late outcome of an attempt given up on: fenced off
             return
-        w.task, w.deadline = None, float("inf")
+        w.tasks.popleft()
+        now = time.monotonic()
+        self.run_time += (now - w.since - self.run_time) / 8
+        self.depth = PIPELINE if self.run_time < SHORT_TASK else 1
+        self._arm(w, now)
+        if self.refunds:
+            self.refunds.pop(token.id, None)
         self.settled.acks.append((token, frame[_worker.FRAME.size :]))
 
     def _exited(self, w: _Worker) -> None:
@@ -263,6 +300,7 @@ class Dispatcher(threading.Thread):
         if task is not None:
             self.crashes += 1
             self._failed(task, code, timeout=None)
+            self._requeue_unstarted(w)
         elif code not in (0, None) and not self.stopping:
             self.on_fault(
                 Fault("worker-died", time.time(), f"idle worker {w.process.pid}: "
@@ -281,11 +319,19 @@ class Dispatcher(threading.Thread):
         if task is not None:
             self.timeouts += 1
             self._failed(task, w.process.exitcode, timeout=options_of(task.payload).timeout)
+            self._requeue_unstarted(w)
         self._spawn()
+
+    def _requeue_unstarted(self, w: _Worker) -> None:
+        for queued in list(w.tasks)[1:]:
+            self.refunds[queued.token.id] = self.refunds.get(queued.token.id, 0) + 1
+            self.settled.requeue.append(queued.token)
+        w.tasks.clear()
 
     def _failed(self, task: Leased, exitcode: int | None, timeout: float | None) -> None:
         token = task.token
         limit = options_of(task.payload).max_attempts
+        attempt = token.attempt - self.refunds.get(token.id, 0)
         what = (
             f"task {token.id} ran past its {timeout:g} s timeout; worker killed"
             if timeout
@@ -293,15 +339,16 @@ class Dispatcher(threading.Thread):
         )
         self.on_fault(
             Fault("task-timeout" if timeout else "worker-crashed", time.time(),
-                  f"{what} (attempt {token.attempt} of {limit})")
+                  f"{what} (attempt {attempt} of {limit})")
         )
-        if token.attempt < limit:
+        if attempt < limit:
             self.settled.requeue.append(token)
             return
+        self.refunds.pop(token.id, None)
         exc: BaseException = (
-            TaskTimeout(token.id, timeout, token.attempt)
+            TaskTimeout(token.id, timeout, attempt)
             if timeout
-            else WorkerCrashed(token.id, token.attempt, exitcode)
+            else WorkerCrashed(token.id, attempt, exitcode)
         )
         self.settled.dead.append((token, encode_error(exc)))
 
@@ -351,7 +398,8 @@ class Dispatcher(threading.Thread):
         )
         process.start()
         theirs.close()
-        self.workers[process.sentinel] = _Worker(process, ours)
+        budget = self.max_tasks if self.max_tasks is not None else float("inf")
+        self.workers[process.sentinel] = _Worker(process, ours, budget)
 
     def _stop_workers(self) -> None:
         for w in self.workers.values():
