@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench crash-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/queue_throughput.py
+	$(BIN)/python bench/executor_throughput.py
+	$(BIN)/python bench/crash_recovery.py
+
+crash-bench: $(VENV)/.installed-test
+	$(BIN)/python bench/crash_recovery.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
