@@ -1,7 +1,8 @@
 """The worker process: receive a task over its pipe, run it, send the outcome back.
 
-Frames both ways are ``(task id, attempt)`` then bytes: the stored task going in, its
-encoded outcome coming out. An empty frame asks the worker to exit. The worker dies with
+Going in, a frame holds one or more tasks, each ``(task id, attempt, length)`` then the
+stored task; coming out, one frame per outcome, ``(task id, attempt)`` then the encoded
+outcome, sent as soon as the task ends. An empty frame asks the worker to exit. The worker dies with
 its parent: a thread waits on the parent's sentinel and exits the process at once, so a
 restarted parent never races an orphan running the same task.
 """
@@ -14,17 +15,31 @@ import os
 import struct
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any, Final
 
 from ._task import run
 
 FRAME: Final = struct.Struct("<qi")
+_TASK: Final = struct.Struct("<qiI")
 #: Sent instead of an outcome when the initializer raised; followed by the traceback text.
 INIT_FAILED: Final = FRAME.pack(-1, 0)
 #: Sent once the initializer succeeded: tasks go only to ready workers.
 READY: Final = FRAME.pack(-2, 0)
+
+
+def pack_tasks(tasks: Iterable[tuple[tuple[int, int], bytes]]) -> bytes:
+    return b"".join(_TASK.pack(*token, len(payload)) + payload for token, payload in tasks)
+
+
+def _unpack_tasks(frame: bytes) -> Iterator[tuple[int, int, bytes]]:
+    view, at = memoryview(frame), 0
+    while at < len(view):
+        task_id, attempt, size = _TASK.unpack_from(view, at)
+        at += _TASK.size
+        yield task_id, attempt, bytes(view[at : at + size])
+        at += size
 
 
 def _title(text: str) -> None:
@@ -79,12 +94,12 @@ def main(
             return
         if not frame:
             return
-        task_id, attempt = FRAME.unpack_from(frame)
+        for task_id, attempt, payload in _unpack_tasks(frame):
 
-        def started(name: str, task_id: int = task_id) -> None:
-            _title(f"durableq worker {pool} task {task_id} {name}")
+            def started(name: str, task_id: int = task_id) -> None:
+                _title(f"durableq worker {pool} task {task_id} {name}")
 
-        outcome = run(frame[FRAME.size :], started)
-        conn.send_bytes(FRAME.pack(task_id, attempt) + outcome)
-        _title(idle)
-        done += 1
+            outcome = run(payload, started)
+            conn.send_bytes(FRAME.pack(task_id, attempt) + outcome)
+            _title(idle)
+            done += 1

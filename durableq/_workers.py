@@ -35,6 +35,9 @@ STORE_RETRY: Final = 0.5
 #: worker idles, so each worker then holds only the task it runs.
 PIPELINE: Final = 4
 SHORT_TASK: Final = 0.005
+#: While tasks are short, leases are taken this many at a time into memory: one store
+#: transaction feeds many workers' rounds. Long tasks are leased exactly as needed.
+LEASE_AHEAD: Final = 64
 
 
 @dataclass(eq=False)
@@ -114,6 +117,7 @@ class Dispatcher(threading.Thread):
         self.cancel = False  # shutdown(cancel_futures=True): lease nothing new
         self.discards: list[int] = []  # cancelled futures' tasks, dropped from the store
         self.settled = Settled()
+        self.leased: deque[Leased] = deque()  # leased ahead, not yet sent
         self.retry_at = 0.0
         self.error: BaseException | None = None
         self.on_exit: Callable[[], None] = lambda: None
@@ -165,6 +169,7 @@ class Dispatcher(threading.Thread):
             self.on_broken(broken)
         finally:
             try:
+                self._return_leased()
                 self._stop_workers()
             finally:
                 with self._wake_lock:
@@ -209,7 +214,7 @@ class Dispatcher(threading.Thread):
     def _has_work(self) -> bool:
         if self.cancel or self.retry_at:
             return False
-        return self.store.has_ready(time.time())
+        return bool(self.leased) or self.store.has_ready(time.time())
 
     # -- handing out tasks --------------------------------------------------------------------
 
@@ -227,27 +232,38 @@ class Dispatcher(threading.Thread):
         ]
         if not slots:
             return
-        try:
-            leased = self.store.lease(self.pool, len(slots), now=time.time(), ttl=LEASE_TTL)
-        except StoreError as exc:
-            self._store_failed(exc)
-            return
+        want = len(slots) - len(self.leased)
+        if want > 0:
+            ahead = LEASE_AHEAD if self.depth > 1 else 0
+            try:
+                self.leased += self.store.lease(
+                    self.pool, max(want, ahead), now=time.time(), ttl=LEASE_TTL
+                )
+            except StoreError as exc:
+                self._store_failed(exc)
+                return
+        leased = [self.leased.popleft() for _ in range(min(len(slots), len(self.leased)))]
         dropped: list[LeaseToken] = []
+        batches: dict[_Worker, list[Leased]] = {}
         for w, task in zip(slots, leased, strict=False):
-            if not self.begin(task.token.id):
+            if self.begin(task.token.id):
+                batches.setdefault(w, []).append(task)
+            else:
                 dropped.append(task.token)
-                continue
-            self._send(w, task)
+        for w, tasks in batches.items():
+            self._send(w, tasks)
         if dropped:
             self.store.ack(dropped)
 
-    def _send(self, w: _Worker, task: Leased) -> None:
-        w.tasks.append(task)
-        w.budget -= 1
-        if len(w.tasks) == 1:
+    def _send(self, w: _Worker, tasks: list[Leased]) -> None:
+        """One write for all of a worker's new tasks: a system call is the round's cost."""
+        first = not w.tasks
+        w.tasks.extend(tasks)
+        w.budget -= len(tasks)
+        if first:
             self._arm(w, time.monotonic())
         try:
-            w.conn.send_bytes(_worker.FRAME.pack(*task.token) + task.payload)
+            w.conn.send_bytes(_worker.pack_tasks((t.token, t.payload) for t in tasks))
         except OSError:
             pass  # the worker died: its sentinel says so next round, and the task is retried
 
@@ -400,6 +416,22 @@ class Dispatcher(threading.Thread):
         theirs.close()
         budget = self.max_tasks if self.max_tasks is not None else float("inf")
         self.workers[process.sentinel] = _Worker(process, ours, budget)
+
+    def _return_leased(self) -> None:
+        """Tasks leased ahead and never sent go back to the store, their attempt refunded
+        in memory only (a lease is counted by the store; it never ran)."""
+        if not self.leased:
+            return
+        dropped: list[LeaseToken] = []
+        back: list[LeaseToken] = []
+        for task in self.leased:
+            (back if self.begin(task.token.id) else dropped).append(task.token)
+        self.leased.clear()
+        try:
+            self.store.ack(dropped)
+            self.store.nack(back, requeue=True)
+        except StoreError as exc:
+            self.on_fault(Fault("store-error", time.time(), repr(exc)))
 
     def _stop_workers(self) -> None:
         for w in self.workers.values():
