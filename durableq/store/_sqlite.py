@@ -36,24 +36,33 @@ class ForkGuard:
         self._forking = False
         self._depth = threading.local()
 
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        depth = getattr(self._depth, "n", 0)
+    def enter(self) -> int:
+        """Enter a store verb; returns the depth to hand back to ``leave``."""
+        local = self._depth
+        depth: int = getattr(local, "n", 0)
         if depth == 0:
             with self._cond:
                 while self._forking:
                     self._cond.wait()
                 self._inside += 1
-        self._depth.n = depth + 1
+        local.n = depth + 1
+        return depth
+
+    def leave(self, depth: int) -> None:
+        self._depth.n = depth
+        if depth == 0:
+            with self._cond:
+                self._inside -= 1
+                if not self._inside:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        depth = self.enter()
         try:
             yield
         finally:
-            self._depth.n = depth
-            if depth == 0:
-                with self._cond:
-                    self._inside -= 1
-                    if not self._inside:
-                        self._cond.notify_all()
+            self.leave(depth)
 
     def before_fork(self) -> None:
         if getattr(self._depth, "n", 0):
@@ -85,8 +94,11 @@ os.register_at_fork(
 def guarded(method: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        with guard.shared():
+        depth = guard.enter()  # not a context manager: this runs on every store call
+        try:
             return method(*args, **kwargs)
+        finally:
+            guard.leave(depth)
 
     return wrapper
 
