@@ -7,9 +7,10 @@ Reproduce (from the repository root; the full run takes about 30 s on 2 CPUs)::
 
 Flags: ``--n`` (tasks), ``--worker-kill-rate`` (worker SIGKILLs per second, Poisson),
 ``--parent-kills`` (parent SIGKILLs per run), ``--seed``, ``--work-ms`` (each task's sleep),
-``--max-attempts`` (durableq's retries per task), ``--timeout`` (per run). Results go to
+``--max-attempts`` (durableq's runs per task at most), ``--timeout`` (per run), ``--keep DIR``
+(keep each run's logs and store there, to look into a failure). Results go to
 ``bench/results/crash_recovery.json`` (``--out`` to change). Exit status 1 if durableq lost
-or corrupted a task, or a durableq run did not finish.
+or corrupted a task, failed one early, or a durableq run did not finish.
 
 The workload: task ``i`` appends ``i gen pid monotonic_ns`` to an O_APPEND execution log,
 sleeps ``--work-ms`` and returns ``(i, blake2b(i))``, which is checked. The *parent* is a
@@ -27,9 +28,12 @@ parent kill; ``ProcessPoolExecutor`` has nothing to recover, so a parent kill en
 and its orphaned workers are killed. Worker and parent kill times come from ``--seed``, the
 same for both executors.
 
-Reported per run: tasks submitted, completed (right value), lost (never completed, whether it
-failed with an exception or got no outcome), tasks that ran more than once (from the
-execution log), kills, restart -> first task running, and tasks/s against the fault-free run.
+Reported per run: tasks submitted, completed (right value), failed (an exception and never a
+result: ``BrokenProcessPool``, or ``WorkerCrashed`` once a task has used its attempts), lost
+(no outcome at all), tasks that ran more than once (from the execution log), kills, restart
+-> first task running, and tasks/s (first ``Executor()`` to last outcome, restarts included)
+against the fault-free run. durableq passes when nothing is lost or wrong and no task failed
+before running ``--max-attempts`` times.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class Config:
     max_attempts: int
     timeout: float
     quick: bool
+    keep: str | None
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class Logs:
         self.submitted = os.path.join(root, "submitted.log")
         self.results = os.path.join(root, "results.log")
         self.events = os.path.join(root, "events.log")
+        self.kills = os.path.join(root, "kills.log")  # the driver's: worker|parent pid ns
 
     def stderr(self, gen: int) -> str:
         return os.path.join(self.root, f"parent-{gen}.err")
@@ -118,6 +124,9 @@ class Appender:
 
     def line(self, *fields: object) -> None:
         os.write(self.fd, (" ".join(map(str, fields)) + "\n").encode())
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 # -- the parent: a separate interpreter the driver starts, kills and restarts -------------------
@@ -211,6 +220,20 @@ def _workers(pid: int) -> list[psutil.Process]:
     return out
 
 
+def _kill_a_worker(parent: int, rng: random.Random, log: Appender) -> bool:
+    """SIGKILL one of ``parent``'s workers, picked by ``rng``; False if it had none."""
+    victims = _workers(parent)
+    if not victims:
+        return False
+    victim = rng.choice(victims)
+    try:
+        victim.kill()
+    except psutil.Error:
+        return False  # it exited meanwhile
+    log.line("worker", victim.pid, time.monotonic_ns())
+    return True
+
+
 def _dead(proc: psutil.Process) -> bool:
     try:
         return proc.status() == psutil.STATUS_ZOMBIE
@@ -267,62 +290,65 @@ def drive(impl: str, faults: Faults, cfg: Config, logs: Logs, kill_span_s: float
     rate = faults.worker_kill_rate
     next_worker_kill = start + rng_gap.expovariate(rate) if rate > 0 else float("inf")
     tail = ExecutionTail(logs.executions)
+    kills = Appender(logs.kills)
     gen, launches = 0, [time.monotonic_ns()]
     proc = _launch(impl, logs, gen, cfg)
     seen: dict[str, Any] = {"worker_kills": 0, "worker_kills_missed": 0, "parent_kills": 0,
                             "orphans": 0, "gens": 1, "ended": "finished",
                             "children_dead_after_parent_kill_s": []}
-    while True:
-        rc = proc.poll()
-        if rc is not None:
-            if rc != 0:
-                seen["ended"] = f"parent {gen} exited with {rc}: {_tail(logs.stderr(gen))}"
-            break
-        now = time.monotonic()
-        if now > start + cfg.timeout:
-            seen["orphans"] += _kill_parent(proc)[0]
-            seen["ended"] = f"timed out after {cfg.timeout:g} s: {_tail(logs.stderr(gen))}"
-            break
-        ran_since_launch = tail.poll() >= launches[-1]
-        if now >= next_worker_kill:
-            victims = _workers(proc.pid)
-            try:
-                if victims:
-                    rng_pick.choice(victims).kill()
-                seen["worker_kills" if victims else "worker_kills_missed"] += 1
-            except psutil.Error:  # it exited meanwhile
-                seen["worker_kills_missed"] += 1
-            while next_worker_kill <= now:  # kills due while no parent ran are skipped
-                next_worker_kill += rng_gap.expovariate(rate)
-        if parent_kills and now >= parent_kills[0] and ran_since_launch:
-            parent_kills.pop(0)
-            orphans, took = _kill_parent(proc)
-            seen["orphans"] += orphans
-            seen["children_dead_after_parent_kill_s"].append(took)
-            seen["parent_kills"] += 1
-            if impl != DQ:
-                seen["ended"] = "parent killed; nothing to recover"
+    try:
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                if rc != 0:
+                    seen["ended"] = f"parent {gen} exited with {rc}: {_tail(logs.stderr(gen))}"
                 break
-            gen += 1
-            seen["gens"] += 1
-            launches.append(time.monotonic_ns())
-            proc = _launch(impl, logs, gen, cfg)
-        time.sleep(POLL_S)
+            now = time.monotonic()
+            if now > start + cfg.timeout:
+                seen["orphans"] += _kill_parent(proc)[0]
+                seen["ended"] = f"timed out after {cfg.timeout:g} s: {_tail(logs.stderr(gen))}"
+                break
+            ran_since_launch = tail.poll() >= launches[-1]
+            if now >= next_worker_kill:
+                hit = _kill_a_worker(proc.pid, rng_pick, kills)
+                seen["worker_kills" if hit else "worker_kills_missed"] += 1
+                while next_worker_kill <= now:  # kills due while no parent ran are skipped
+                    next_worker_kill += rng_gap.expovariate(rate)
+            if parent_kills and now >= parent_kills[0] and ran_since_launch:
+                parent_kills.pop(0)
+                kills.line("parent", proc.pid, time.monotonic_ns())
+                orphans, took = _kill_parent(proc)
+                seen["orphans"] += orphans
+                seen["children_dead_after_parent_kill_s"].append(took)
+                seen["parent_kills"] += 1
+                if impl != DQ:
+                    seen["ended"] = "parent killed; nothing to recover"
+                    break
+                gen += 1
+                seen["gens"] += 1
+                launches.append(time.monotonic_ns())
+                proc = _launch(impl, logs, gen, cfg)
+            time.sleep(POLL_S)
+    finally:
+        kills.close()
+        if proc.poll() is None:  # the driver itself failed: leave no parent behind
+            _kill_parent(proc)
     seen["seconds"] = time.monotonic() - start
     seen["launches_ns"] = launches
     return seen
 
 
-def tally(logs: Logs, n: int, launches: list[int]) -> dict[str, Any]:
+def tally(logs: Logs, n: int, max_attempts: int, launches: list[int]) -> dict[str, Any]:
     """Read the logs: who was submitted, completed, lost, ran twice; restart times."""
     submitted = collections.defaultdict(set)  # i -> submitting gens
     for i, gen, _ in _lines(logs.submitted):
         submitted[int(i)].add(int(gen))
-    completed, wrong, errors = set(), set(), collections.Counter()
+    completed, wrong, failed, errors = set(), set(), set(), collections.Counter()
     for i, _, status, value in _lines(logs.results):
         if status == "ok":
             (completed if value == digest(int(i)) else wrong).add(int(i))
         else:
+            failed.add(int(i))
             errors[value] += 1
     runs = collections.Counter()
     first_run = [None] * len(launches)
@@ -349,13 +375,18 @@ def tally(logs: Logs, n: int, launches: list[int]) -> dict[str, Any]:
          "recovered": events.get((g, "recovered"), [0, None])[1]}
         for g in range(1, len(launches))
     ]
-    lost = [i for i in range(n) if i not in completed]
+    failed -= completed  # failed in one parent, completed in another: it completed
+    lost = [i for i in range(n) if i not in completed and i not in failed]
     begin = at(0, "constructed")
     ends = [t[0] for (_, what), t in events.items() if what == "done"]
     return {
         "submitted": len(submitted),
         "submitted_by_more_than_one_parent": sum(len(g) > 1 for g in submitted.values()),
         "completed": len(completed),
+        "failed": len(failed),
+        "failed_runs_sample": {i: runs[i] for i in sorted(failed)[:20]},  # how often each ran
+        # a task may fail once it has run max_attempts times, not before (durableq only)
+        "failed_before_max_attempts": sum(runs[i] < max_attempts for i in failed),
         "lost": len(lost),
         "lost_ids_sample": lost[:10],
         "failed_outcomes": dict(errors),
@@ -369,18 +400,23 @@ def tally(logs: Logs, n: int, launches: list[int]) -> dict[str, Any]:
 
 
 def run(impl: str, faults: Faults, cfg: Config, kill_span_s: float) -> dict[str, Any]:
-    row: dict[str, Any] = {"impl": impl, "faults": faults.label,
+    row: dict[str, Any] = {"impl": impl, "faults": faults.label, "n": cfg.n,
                            "worker_kill_rate": faults.worker_kill_rate,
                            "parent_kills_planned": faults.parent_kills}
     with tempfile.TemporaryDirectory(prefix="dq-crash-") as tmp:
-        logs = Logs(tmp)
+        root = tmp
+        if cfg.keep:
+            root = os.path.join(cfg.keep, f"{impl}-{faults.label}".replace(" ", "-"))
+            os.makedirs(root)
+            row["logs"] = root
+        logs = Logs(root)
         try:
             seen = drive(impl, faults, cfg, logs, kill_span_s)
         except Exception as exc:
             row["ended"] = f"driver error: {type(exc).__name__}: {exc}"
             return row
         row.update(seen)
-        row.update(tally(logs, cfg.n, seen.pop("launches_ns")))
+        row.update(tally(logs, cfg.n, cfg.max_attempts, seen.pop("launches_ns")))
     # From the first parent's Executor() to the last parent's last outcome: restarts count.
     busy = row.get("busy_s") or row["seconds"]
     row["tasks_per_s"] = row["completed"] / busy if busy else None
@@ -396,7 +432,13 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def _clean(row: dict[str, Any]) -> bool:
     """The run finished, and every task completed."""
-    return row.get("ended") == "finished" and row.get("lost") == 0
+    return row.get("ended") == "finished" and row.get("completed") == row["n"]
+
+
+def durable_ok(row: dict[str, Any]) -> bool:
+    """Nothing lost or corrupted: every task completed, or failed after its last attempt."""
+    return (row.get("ended") == "finished" and row.get("lost") == 0
+            and not row.get("wrong_results") and not row.get("failed_before_max_attempts"))
 
 
 def _kill_span(rows: list[dict[str, Any]], cfg: Config) -> float:
@@ -419,8 +461,8 @@ def print_report(rows: list[dict[str, Any]], cfg: Config) -> None:
     print(f"\nCrash recovery: N={cfg.n:,} tasks ({cfg.work_ms:g} ms sleep each, result checked),"
           f" {cfg.workers} workers, seed {cfg.seed}; faults: worker SIGKILLs at"
           f" {cfg.worker_kill_rate:g}/s, {cfg.parent_kills} parent SIGKILLs")
-    print(f"{'impl':<20} {'faults':<15} {'submitted':>9} {'completed':>9} {'lost':>6}"
-          f" {'ran >1':>6} {'kills w/p':>9} {'tasks/s':>8} {'x no-fault':>10}  note")
+    print(f"{'impl':<20} {'faults':<15} {'submitted':>9} {'completed':>9} {'failed':>6}"
+          f" {'lost':>6} {'ran >1':>6} {'kills w/p':>9} {'tasks/s':>8} {'x no-fault':>10}  note")
     for r in rows:
         if "completed" not in r:
             print(f"{r['impl']:<20} {r['faults']:<15} {r.get('ended', '')}")
@@ -429,6 +471,9 @@ def print_report(rows: list[dict[str, Any]], cfg: Config) -> None:
         if r["failed_outcomes"]:
             failed = r["failed_outcomes"].items()
             notes.append("failed: " + ", ".join(f"{v} {k}" for k, v in failed))
+        if r["impl"] == DQ and r["failed_before_max_attempts"]:
+            notes.append(f"{r['failed_before_max_attempts']} FAILED BEFORE RUNNING"
+                         f" {cfg.max_attempts} TIMES")
         if r["wrong_results"]:
             notes.append(f"{r['wrong_results']} WRONG RESULTS")
         if r["orphans"]:
@@ -437,9 +482,9 @@ def print_report(rows: list[dict[str, Any]], cfg: Config) -> None:
         if r["ended"] != "finished":
             notes.append(r["ended"].splitlines()[-1].strip())
         kills = f"{r['worker_kills']}/{r['parent_kills']}"
-        rate, ratio = (None, None) if r["lost"] else (r["tasks_per_s"], r["x_fault_free"])
+        rate, ratio = (r["tasks_per_s"], r["x_fault_free"]) if _clean(r) else (None, None)
         print(f"{r['impl']:<20} {r['faults']:<15} {r['submitted']:>9,} {r['completed']:>9,}"
-              f" {r['lost']:>6,} {r['ran_more_than_once']:>6,} {kills:>9}"
+              f" {r['failed']:>6,} {r['lost']:>6,} {r['ran_more_than_once']:>6,} {kills:>9}"
               f" {_fmt(rate, ',.0f'):>8} {_fmt(ratio, '.2f'):>10}"
               f"  {'; '.join(notes)}")
     for r in rows:
@@ -500,6 +545,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--workers", type=int, default=CPUS, help="workers per executor")
     p.add_argument("--max-attempts", type=int, default=3, help="durableq runs per task at most")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds one run may take")
+    p.add_argument("--keep", help="keep each run's logs and store in a new folder under this")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
     hidden = argparse.SUPPRESS
     p.add_argument("--role", choices=["driver", "parent"], default="driver", help=hidden)
@@ -517,6 +563,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Config]:
         max_attempts=a.max_attempts,
         timeout=a.timeout,
         quick=a.quick,
+        keep=a.keep,
     )
     return a, cfg
 
@@ -544,13 +591,12 @@ def main(argv: list[str] | None = None) -> int:
     rows.sort(key=lambda r: r["impl"] != DQ)  # durableq's rows first, in run order otherwise
     add_ratios(rows)
     dq_rows = [r for r in rows if r["impl"] == DQ]
-    ok = all(r.get("ended") == "finished" and r.get("lost") == 0 and not r.get("wrong_results")
-             for r in dq_rows)
+    ok = all(durable_ok(r) for r in dq_rows)
     results["environment"]["loadavg_at_end"] = os.getloadavg()
     results["durableq_lost_nothing"] = ok
     print_report(rows, cfg)
-    print(f"\n{'PASS' if ok else 'FAIL'}  durableq lost nothing (every task completed once or"
-          " more, with the right result)")
+    print(f"\n{'PASS' if ok else 'FAIL'}  durableq lost nothing: every task completed with the"
+          f" right result, or failed only after running {cfg.max_attempts} times")
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"reproduce: {results['environment']['command']}")
     a.out.parent.mkdir(parents=True, exist_ok=True)

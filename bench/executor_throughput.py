@@ -3,7 +3,7 @@
 Reproduce (from the repository root; the full run takes under a minute on 2 CPUs)::
 
     .venv/bin/python bench/executor_throughput.py            # full run, writes the JSON below
-    .venv/bin/python bench/executor_throughput.py --quick    # smoke run, a few seconds
+    .venv/bin/python bench/executor_throughput.py --quick    # smoke run, about 10 s
 
 Counts can be overridden: ``--n`` (tasks per no-op run), ``--n-1ms`` (tasks per 1 ms run),
 ``--chunksize`` (for every ``map``), ``--latency-n``, ``--idle-s``, ``--restart-n`` (the
@@ -98,8 +98,8 @@ class Sizes:
 
 FULL = Sizes(n=5_000, n_1ms=2_000, chunksize=100, latency_n=300, idle_s=2.0,
              restart_n=100_000, quick=False)
-QUICK = Sizes(n=1_000, n_1ms=400, chunksize=50, latency_n=100, idle_s=0.5,
-              restart_n=5_000, quick=True)
+QUICK = Sizes(n=1_000, n_1ms=400, chunksize=50, latency_n=100, idle_s=0.25,
+              restart_n=2_000, quick=True)
 
 
 # -- the pools, driven the way their users drive them -----------------------------------------
@@ -679,7 +679,7 @@ def environment(sizes: Sizes, argv: list[str]) -> dict[str, Any]:
 
 def parse_args(argv: list[str]) -> tuple[Sizes, Path]:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--quick", action="store_true", help="smoke run, a few seconds")
+    p.add_argument("--quick", action="store_true", help="smoke run, about 10 s")
     p.add_argument("--n", type=int, help="tasks per no-op run (map runs get 4x)")
     p.add_argument("--n-1ms", type=int, help="tasks per 1 ms run")
     p.add_argument("--chunksize", type=int, help="chunksize of every map")
