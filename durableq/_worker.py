@@ -65,6 +65,7 @@ def _die_with_parent() -> None:
 
 def main(
     conn: Connection,
+    running: Any,
     pool: str,
     initializer: Callable[..., Any] | None,
     initargs: tuple[Any, ...],
@@ -99,6 +100,7 @@ def main(
             def started(name: str, task_id: int = task_id) -> None:
                 _title(f"durableq worker {pool} task {task_id} {name}")
 
+            running[0], running[1] = task_id, attempt  # read by the dispatcher if we die
             outcome = run(payload, started)
             conn.send_bytes(FRAME.pack(task_id, attempt) + outcome)
             _title(idle)

@@ -5,8 +5,9 @@ It waits on the workers' pipes and process sentinels and on a wakeup pipe
 (``multiprocessing.connection.wait``) with a timeout only when a task deadline is near:
 an idle pool sleeps in one system call. Each worker holds up to ``PIPELINE`` tasks, so it
 starts the next one while the dispatcher is still storing the last outcome. Outcomes come
-back in order, so the task a worker was running when it died is known exactly: only that
-task's attempt is spent; the ones queued behind it go back to the store uncounted.
+back in order, and each worker writes the token of the task it starts into shared memory
+(no system call), so the task a worker was running when it died is known exactly: only
+that task's attempt is spent; tasks it had not started go back to the store uncounted.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class _Worker:
     process: Any
     conn: Connection
     budget: float  # tasks it may still take (max_tasks_per_child)
+    running: Any  # shared (task id, attempt) the worker writes as it starts a task
     tasks: deque[Leased] = field(default_factory=deque)  # the first one is running
     ready: bool = False  # initialized: tasks go only to ready workers
     deadline: float = float("inf")  # of the running task
@@ -121,9 +123,11 @@ class Dispatcher(threading.Thread):
         self.retry_at = 0.0
         self.error: BaseException | None = None
         self.on_exit: Callable[[], None] = lambda: None
-        #: Attempts to give back per task id: leases spent on tasks queued behind a task
-        #: that killed its worker (they never started).
-        self.refunds: dict[int, int] = {}
+        #: Failed attempts per task id: its worker died (or was killed on timeout) while
+        #: running it. Only these count against max_attempts: a task leased or queued but
+        #: never started, or cut short by the parent's own death, was not at fault. Kept in
+        #: memory: a poison task is stopped within one parent's lifetime.
+        self.failures: dict[int, int] = {}
         self.depth = 1  # tasks per worker: PIPELINE while recent tasks were short
         self.run_time = 1.0  # moving average of task run times, seconds
         #: Crashes and timeouts seen, for stats.
@@ -302,8 +306,8 @@ class Dispatcher(threading.Thread):
         self.run_time += (now - w.since - self.run_time) / 8
         self.depth = PIPELINE if self.run_time < SHORT_TASK else 1
         self._arm(w, now)
-        if self.refunds:
-            self.refunds.pop(token.id, None)
+        if self.failures:
+            self.failures.pop(token.id, None)
         self.settled.acks.append((token, frame[_worker.FRAME.size :]))
 
     def _exited(self, w: _Worker) -> None:
@@ -313,17 +317,23 @@ class Dispatcher(threading.Thread):
         del self.workers[w.process.sentinel]
         w.conn.close()
         task = w.task
-        if task is not None:
+        if task is not None and tuple(w.running) == task.token:
             self.crashes += 1
             self._failed(task, code, timeout=None)
-            self._requeue_unstarted(w)
-        elif code not in (0, None) and not self.stopping:
-            self.on_fault(
-                Fault("worker-died", time.time(), f"idle worker {w.process.pid}: "
-                      f"{describe_exit(code)}")
-            )
+            self._requeue_unstarted(w, started=1)
+        else:
+            # Idle, or killed before it started its first task: no attempt is spent.
+            self._requeue_unstarted(w, started=0)
+            self._died_idle(w, code)
         if not self.stopping or self._has_work():
             self._spawn()
+
+    def _died_idle(self, w: _Worker, code: int | None) -> None:
+        if code not in (0, None) and not self.stopping:
+            self.on_fault(
+                Fault("worker-died", time.time(), f"worker {w.process.pid} died before "
+                      f"starting a task: {describe_exit(code)}")
+            )
 
     def _timed_out(self, w: _Worker) -> None:
         w.process.kill()
@@ -335,19 +345,18 @@ class Dispatcher(threading.Thread):
         if task is not None:
             self.timeouts += 1
             self._failed(task, w.process.exitcode, timeout=options_of(task.payload).timeout)
-            self._requeue_unstarted(w)
+            self._requeue_unstarted(w, started=1)
         self._spawn()
 
-    def _requeue_unstarted(self, w: _Worker) -> None:
-        for queued in list(w.tasks)[1:]:
-            self.refunds[queued.token.id] = self.refunds.get(queued.token.id, 0) + 1
+    def _requeue_unstarted(self, w: _Worker, started: int) -> None:
+        for queued in list(w.tasks)[started:]:
             self.settled.requeue.append(queued.token)
         w.tasks.clear()
 
     def _failed(self, task: Leased, exitcode: int | None, timeout: float | None) -> None:
         token = task.token
         limit = options_of(task.payload).max_attempts
-        attempt = token.attempt - self.refunds.get(token.id, 0)
+        attempt = self.failures[token.id] = self.failures.get(token.id, 0) + 1
         what = (
             f"task {token.id} ran past its {timeout:g} s timeout; worker killed"
             if timeout
@@ -360,7 +369,7 @@ class Dispatcher(threading.Thread):
         if attempt < limit:
             self.settled.requeue.append(token)
             return
-        self.refunds.pop(token.id, None)
+        self.failures.pop(token.id, None)
         exc: BaseException = (
             TaskTimeout(token.id, timeout, attempt)
             if timeout
@@ -407,19 +416,19 @@ class Dispatcher(threading.Thread):
 
     def _spawn(self) -> None:
         ours, theirs = self.ctx.Pipe()
+        running = self.ctx.RawArray("q", 2)  # the token of the task the worker started
         process = self.ctx.Process(
             target=_worker.main,
-            args=(theirs, self.pool, self.initializer, self.initargs, self.max_tasks),
+            args=(theirs, running, self.pool, self.initializer, self.initargs, self.max_tasks),
             name=f"durableq-worker-{self.pool}",
         )
         process.start()
         theirs.close()
         budget = self.max_tasks if self.max_tasks is not None else float("inf")
-        self.workers[process.sentinel] = _Worker(process, ours, budget)
+        self.workers[process.sentinel] = _Worker(process, ours, budget, running)
 
     def _return_leased(self) -> None:
-        """Tasks leased ahead and never sent go back to the store, their attempt refunded
-        in memory only (a lease is counted by the store; it never ran)."""
+        """Tasks leased ahead and never sent go back to the store."""
         if not self.leased:
             return
         dropped: list[LeaseToken] = []
