@@ -162,7 +162,18 @@ class Executor(futures.Executor):
         ):
             raise ValueError("max_tasks_per_child must be >= 1")
         self._options = check_options(timeout, max_attempts)
-        ctx = mp_context or multiprocessing.get_context()
+        if mp_context is None:
+            # As ProcessPoolExecutor: recycled workers are forked from a thread, which the
+            # fork start method does not survive reliably; spawn them instead.
+            mp_context = multiprocessing.get_context(
+                "spawn" if max_tasks_per_child is not None else None
+            )
+        elif max_tasks_per_child is not None and mp_context.get_start_method() == "fork":
+            raise ValueError(
+                "max_tasks_per_child is incompatible with the 'fork' multiprocessing start "
+                "method; supply a different mp_context."
+            )
+        ctx = mp_context
         durable = path is not None
         store, lock, lock_dir, _ = claim(
             path, None if durable else MemoryStore(), sync="normal", wait=wait_for_owner
@@ -200,6 +211,11 @@ class Executor(futures.Executor):
         self._dispatcher.on_exit = _closer(self._dispatcher, store, state, lock)
         self._cancelled = _canceller(state, self._dispatcher)
         _live.add(self._dispatcher)
+        try:
+            self._dispatcher.start_workers()
+        except BaseException:
+            self._dispatcher.on_exit()
+            raise
         self._dispatcher.start()
         # Collected without shutdown(): the pool finishes its tasks, then stops.
         weakref.finalize(self, self._dispatcher.request_stop)
@@ -238,7 +254,21 @@ class Executor(futures.Executor):
     ) -> TaskFuture:
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
-        return self._submit_payloads([encode_call(fn, args, kwargs, opts)])[0]
+        try:
+            payload = encode_call(fn, args, kwargs, opts)
+        except Exception as exc:
+            return self._unstorable(exc)
+        return self._submit_payloads([payload])[0]
+
+    def _unstorable(self, exc: Exception) -> TaskFuture:
+        """A call that cannot be pickled is not stored; as with ProcessPoolExecutor, its
+        future fails with the pickling error rather than ``submit`` raising it."""
+        with self._shutdown_lock:
+            self._check_open()
+        fut = TaskFuture(0)
+        fut.set_running_or_notify_cancel()
+        fut.set_exception(exc)
+        return fut
 
     def map(
         self,
@@ -263,13 +293,28 @@ class Executor(futures.Executor):
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         end = None if timeout is None else timeout + time.monotonic()
-        if chunksize == 1:
-            payloads = [encode_call(fn, args, {}, opts) for args in zip(*iterables, strict=False)]
-        else:
-            payloads = [encode_chunk(fn, c, opts) for c in chunks(iterables, chunksize)]
+        calls: list[Any] = (
+            list(zip(*iterables, strict=False)) if chunksize == 1 else chunks(iterables, chunksize)
+        )
         fs: list[TaskFuture] = []
-        for start in range(0, len(payloads), SUBMIT_BATCH):
-            fs += self._submit_payloads(payloads[start : start + SUBMIT_BATCH])
+        batch: list[bytes] = []
+        for call in calls:
+            try:
+                batch.append(
+                    encode_call(fn, call, {}, opts)
+                    if chunksize == 1
+                    else encode_chunk(fn, call, opts)
+                )
+            except Exception as exc:
+                fs += self._submit_payloads(batch) if batch else []
+                batch = []
+                fs.append(self._unstorable(exc))
+                continue
+            if len(batch) == SUBMIT_BATCH:
+                fs += self._submit_payloads(batch)
+                batch = []
+        if batch:
+            fs += self._submit_payloads(batch)
         results = _results(fs, end)
         return itertools.chain.from_iterable(results) if chunksize > 1 else results
 
@@ -380,14 +425,19 @@ def _results(fs: list[TaskFuture], end: float | None) -> Iterator[Any]:
     try:
         fs.reverse()
         while fs:
-            fut = fs.pop()
-            try:
-                yield fut.result(None if end is None else end - time.monotonic())
-            finally:
-                fut.cancel()
+            # No local keeps the future (and its result) alive across the yield.
+            yield _result_or_cancel(fs.pop(), None if end is None else end - time.monotonic())
     finally:
         for fut in fs:
             fut.cancel()
+
+
+def _result_or_cancel(fut: TaskFuture, timeout: float | None) -> Any:
+    try:
+        return fut.result(timeout)
+    finally:
+        fut.cancel()
+        del fut
 
 
 def _closer(dispatcher: Dispatcher, store: Store, state: _State, lock: Any) -> Callable[[], None]:

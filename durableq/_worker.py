@@ -25,8 +25,7 @@ FRAME: Final = struct.Struct("<qi")
 _TASK: Final = struct.Struct("<qiI")
 #: Sent instead of an outcome when the initializer raised; followed by the traceback text.
 INIT_FAILED: Final = FRAME.pack(-1, 0)
-#: Sent once the initializer succeeded: tasks go only to ready workers.
-READY: Final = FRAME.pack(-2, 0)
+
 
 
 def pack_tasks(tasks: Iterable[tuple[tuple[int, int], bytes]]) -> bytes:
@@ -84,7 +83,6 @@ def main(
             )
             conn.send_bytes(INIT_FAILED + traceback.format_exc().encode())
             return
-    conn.send_bytes(READY)
     idle = f"durableq worker {pool} idle"
     _title(idle)
     done = 0

@@ -48,7 +48,7 @@ class _Worker:
     budget: float  # tasks it may still take (max_tasks_per_child)
     running: Any  # shared (task id, attempt) the worker writes as it starts a task
     tasks: deque[Leased] = field(default_factory=deque)  # the first one is running
-    ready: bool = False  # initialized: tasks go only to ready workers
+    init_error: str = ""  # its initializer raised (traceback), acted on once it exited
     deadline: float = float("inf")  # of the running task
     since: float = 0.0  # when the running task started
 
@@ -57,7 +57,7 @@ class _Worker:
         return self.tasks[0] if self.tasks else None
 
     def room(self, depth: int) -> int:
-        return max(0, int(min(depth - len(self.tasks), self.budget))) if self.ready else 0
+        return max(0, int(min(depth - len(self.tasks), self.budget)))
 
 
 @dataclass
@@ -161,8 +161,6 @@ class Dispatcher(threading.Thread):
 
     def run(self) -> None:
         try:
-            for _ in range(self.size):
-                self._spawn()
             while self._round():
                 pass
         except BaseException as exc:  # a bug: reported, and no future waits forever
@@ -188,7 +186,7 @@ class Dispatcher(threading.Thread):
         if self.stopping and not busy and not self._has_work():
             return False
         waits: list[Any] = [self._wake_r, *self.workers]
-        waits += [w.conn for w in self.workers.values() if w.task is not None or not w.ready]
+        waits += [w.conn for w in self.workers.values()]
         deadline = min([w.deadline for w in busy] + [float("inf")])
         if self.retry_at:
             deadline = min(deadline, self.retry_at)
@@ -291,11 +289,10 @@ class Dispatcher(threading.Thread):
             pass  # it exited: the sentinel handles it
 
     def _outcome(self, w: _Worker, frame: bytes) -> None:
-        if frame == _worker.READY:
-            w.ready = True
-            return
         if frame.startswith(_worker.INIT_FAILED):
-            self._broken(frame[_worker.FRAME.size :].decode(errors="replace"))
+            # Acted on once the worker has exited, as ProcessPoolExecutor does: by then it
+            # has flushed what its initializer logged.
+            w.init_error = frame[_worker.FRAME.size :].decode(errors="replace")
             return
         token = LeaseToken(*_worker.FRAME.unpack_from(frame))
         if w.task is None or w.task.token != token:
@@ -316,6 +313,8 @@ class Dispatcher(threading.Thread):
         code = w.process.exitcode
         del self.workers[w.process.sentinel]
         w.conn.close()
+        if w.init_error:
+            self._broken(w.init_error)
         task = w.task
         if task is not None and tuple(w.running) == task.token:
             self.crashes += 1
@@ -413,6 +412,14 @@ class Dispatcher(threading.Thread):
         self.on_fault(Fault("store-error", time.time(), repr(exc)))
 
     # -- worker processes ---------------------------------------------------------------------
+
+    def start_workers(self) -> None:
+        """Start the first workers, from the caller's thread (before ``start()``): forking
+        them from the dispatcher thread while the caller runs subprocess.Popen or holds an
+        import lock would hand them that pipe or lock (replacements still fork from here;
+        the executor steers ``max_tasks_per_child`` away from the fork start method)."""
+        for _ in range(self.size):
+            self._spawn()
 
     def _spawn(self) -> None:
         ours, theirs = self.ctx.Pipe()

@@ -150,9 +150,11 @@ def test_bad_arguments_are_refused_with_clear_errors(tmp_path: Path) -> None:
             ex.options(colour="red")
         with pytest.raises(ValueError, match="chunksize"):
             ex.map(square, [1], chunksize=0)
+        unstorable = ex.submit(square, lambda: 1)  # fails as with ProcessPoolExecutor
         with pytest.raises(Exception, match="pickle"):
-            ex.submit(square, lambda: 1)  # cannot be stored: nothing is
-        assert ex.stats()["put_total"] == 0
+            unstorable.result(TIMEOUT)
+        assert ex.stats()["put_total"] == 0, "nothing half-stored"
+        assert list(ex.map(square, [1, 2])) == [1, 4]
     with pytest.raises(RuntimeError, match="after shutdown"):
         ex.submit(square, 1)
 
@@ -311,10 +313,17 @@ def test_a_failing_initializer_breaks_the_executor_and_keeps_the_tasks(tmp_path:
         assert recovered.result(TIMEOUT) == 25, "the task was kept for a working pool"
 
 
-def test_max_tasks_per_child_recycles_workers(ctx: Any) -> None:
+@pytest.mark.parametrize("method", [None, "spawn", "forkserver"])
+def test_max_tasks_per_child_recycles_workers(method: str | None) -> None:
+    ctx = multiprocessing.get_context(method) if method else None
     with Executor(1, mp_context=ctx, max_tasks_per_child=2) as ex:
         pids = [ex.submit(pid).result(TIMEOUT) for _ in range(6)]
     assert len(set(pids)) == 3 and pids[0] == pids[1] != pids[2] == pids[3]
+
+
+def test_max_tasks_per_child_refuses_the_fork_start_method() -> None:
+    with pytest.raises(ValueError, match="incompatible with the 'fork'"):
+        Executor(1, mp_context=multiprocessing.get_context("fork"), max_tasks_per_child=2)
 
 
 def test_workers_are_titled_with_what_they_run(tmp_path: Path) -> None:
@@ -389,3 +398,27 @@ def test_a_failing_store_sets_the_fault_and_the_dispatcher_retries(tmp_path: Pat
         assert ex.fault.is_set()
         assert [f.kind for f in ex.faults()] == ["store-error"]
         assert "disk full (injected)" in ex.faults()[0].detail
+
+
+def signal_then_wait(started: str, gate: str) -> str:
+    touch(started)
+    return wait_for_file(gate)
+
+
+def test_only_the_task_a_worker_was_running_is_charged_for_its_death(tmp_path: Path) -> None:
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    with Executor(1, max_attempts=1) as ex:
+        for _ in range(3):  # short tasks: the dispatcher now queues several per worker
+            assert list(ex.map(square, range(40))) == [x * x for x in range(40)]
+        running = ex.submit(signal_then_wait, started, gate)
+        queued = [ex.submit(square, i) for i in range(3)]
+        wait_for_file(started)
+        os.kill(_worker_pid(ex), signal.SIGKILL)
+        with pytest.raises(WorkerCrashed):
+            running.result(TIMEOUT)
+        assert [f.result(TIMEOUT) for f in queued] == [0, 1, 4], "never started: not charged"
+
+
+def _worker_pid(ex: Executor) -> int:
+    (child,) = psutil.Process().children()
+    return int(child.pid)
