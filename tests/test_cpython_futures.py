@@ -24,8 +24,9 @@ then raises ``durableq.WorkerCrashed``: it never breaks), and the tests that rea
 attributes of ProcessPoolExecutor.
 
 Known durableq failures are in ``KNOWN``: marked xfail (strict) until fixed, with
-``run=False`` for those that can hang the whole session and ``strict=False`` for one that
-fails only sometimes. Remove an entry once its fix lands: a strict xfail that passes fails.
+``run=False`` for those that can hang the whole session and ``strict=False`` for those
+that fail only sometimes. Remove an entry once its fix lands: a strict xfail that passes
+fails.
 
 ``DURABLEQ_CPYTHON_FUTURES_STDLIB=1`` runs this same harness against
 ``concurrent.futures.ProcessPoolExecutor``, with nothing excluded and no xfail, to check the
@@ -130,42 +131,17 @@ class Known:
 
 #: ("Class.test_name", start method or None for all) -> known durableq failure.
 KNOWN: dict[tuple[str, str | None], Known] = {
-    ("ExecutorTest.test_free_reference", None): Known(
-        "map()'s result iterator keeps the last yielded future (and so its result) alive "
-        "in a local variable across the yield"
-    ),
     ("ExecutorShutdownTest.test_cancel_futures", None): Known(
-        "shutdown(cancel_futures=True) cancels all 50 tasks: none was handed to a worker yet "
-        "(workers start asynchronously), where ProcessPoolExecutor marks the first "
-        "max_workers + 1 running as soon as it queues them"
-    ),
-    ("ExecutorDeadlockTest.test_error_at_task_pickle", None): Known(
-        "submit() raises the PicklingError itself instead of returning a future that fails with it"
-    ),
-    ("FailingInitializerMixin.test_initializer", None): Known(
-        "the executor is broken as soon as the worker reports the "
-        "failure, before that worker exits and flushes the log record its initializer put "
-        "on the test's multiprocessing queue: the record is sometimes not there yet",
+        "shutdown(cancel_futures=True) right after 50 quick submits usually cancels all 50: "
+        "the dispatcher thread has not handed any task to a worker yet, where "
+        "ProcessPoolExecutor marks the first max_workers + 1 running as it queues them",
         flaky=True,
     ),
-    **{
-        (test, "fork"): Known(
-            "fork: the dispatcher thread forks workers while the main thread starts a "
-            "subprocess; a worker inherits the subprocess's exec-error pipe and "
-            "subprocess.Popen() waits on it forever",
-            hangs=True,
-        )
-        for test in (
-            "ExecutorShutdownTest.test_interpreter_shutdown",
-            "ExecutorShutdownTest.test_submit_after_interpreter_shutdown",
-            "ExecutorShutdownTest.test_hang_gh83386",
-        )
-    },
-    ("ProcessPoolExecutorTest.test_ressources_gced_in_workers", "fork"): Known(
-        "fork: the dispatcher thread forks a worker while the main thread holds an import "
-        "lock (importing multiprocessing.managers for Manager()); that worker deadlocks "
-        "unpickling its task, the future never resolves and shutdown() waits forever",
-        hangs=True,
+    ("ExecutorTest.test_free_reference", None): Known(
+        "the dispatcher thread keeps a settled future (and so its result) alive until its "
+        "whole batch is settled: resolve()'s found list and _settle()'s fut/value locals; "
+        "the consumer sometimes checks the result's weakref inside that window",
+        flaky=True,
     ),
 }
 
