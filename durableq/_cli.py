@@ -60,7 +60,7 @@ def _print_table(data: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=data["path"], show_header=False)
-    for key in ("ready", "in_flight", "dead", "put_total", "acked_total"):
+    for key in ("ready", "scheduled", "in_flight", "dead", "put_total", "acked_total"):
         table.add_row(key, f"{data[key]:,}")
     alive = "alive" if data["owner_alive"] else "not running"
     table.add_row("owner", f"pid {data['owner_pid']} ({alive})" if data["owner_pid"] else "none")

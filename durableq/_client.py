@@ -146,12 +146,13 @@ class Client:
 
     # -- verbs ------------------------------------------------------------------------------
 
-    def notify_put(self, n: int) -> None:
-        """Tell the owner that ``n`` messages are committed. Best effort: they are durable."""
+    def notify_put(self, n: int, due: float = 0.0) -> None:
+        """Tell the owner that ``n`` messages due at ``due`` are committed. Best effort:
+        they are durable, and the owner finds them in the store anyway."""
         if not self.hungry.value:
             return  # no consumer waits: the next WANT looks at the store anyway
         try:
-            self.send((w.PUT, n))
+            self.send((w.PUT, n, due))
         except OwnerGone:
             pass
 

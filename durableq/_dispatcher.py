@@ -90,7 +90,9 @@ class Dispatcher(threading.Thread):
         self._orphans = Consumer(None, authed=True)  # leases whose thread left cleanly
         self._expiry: collections.deque[tuple[float, LeaseToken]] = collections.deque()
         self._acks: list[LeaseToken] = []
-        self._puts: list[tuple[Consumer, list[bytes]]] = []
+        self._puts: list[tuple[Consumer, list[bytes], int, float]] = []
+        #: The one timer: the earliest due time of a scheduled message, while consumers wait.
+        self._next_due: float | None = None
         self._requeue: list[LeaseToken] = []
         self._bury: list[LeaseToken] = []
         self._maybe_ready = True
@@ -116,7 +118,11 @@ class Dispatcher(threading.Thread):
                     self._maybe_ready = True  # the safety re-check: see SAFETY_CHECK
                 for obj in ready:
                     self._on_ready(obj)
-                self._expire_leases(time.time())
+                now = time.time()
+                if self._next_due is not None and self._next_due <= now:
+                    self._next_due = None
+                    self._maybe_ready = True
+                self._expire_leases(now)
                 try:
                     self._flush()
                     self._store_failing = False
@@ -161,6 +167,9 @@ class Dispatcher(threading.Thread):
             timeout = SAFETY_CHECK if timeout is None else min(timeout, SAFETY_CHECK)
         if self._store_failing:
             timeout = STORE_RETRY if timeout is None else min(timeout, STORE_RETRY)
+        if self._waiters and self._next_due is not None:
+            due = max(0.0, self._next_due - time.time())
+            timeout = due if timeout is None else min(timeout, due)
         return timeout
 
     # -- input ------------------------------------------------------------------------------
@@ -207,14 +216,14 @@ class Dispatcher(threading.Thread):
         elif kind == w.NACK:
             self._settle(c, frame[1], ack=False, requeue=frame[2])
         elif kind == w.PUT:
-            self._maybe_ready = True
+            self._coming(frame[2])
         elif kind == w.CANCEL:
             if c.waiting:
                 c.waiting = False
                 self._waiters.remove(c)
             c.send((w.CANCELLED,))
         elif kind == w.RPUT:
-            self._puts.append((c, frame[1]))  # committed together in _flush
+            self._puts.append((c, frame[1], frame[2], frame[3]))  # committed in _flush
         elif kind == w.CALL:
             self._reply(c, lambda: self.call(frame[1]))
         elif kind == w.JOIN:
@@ -250,6 +259,7 @@ class Dispatcher(threading.Thread):
         counts = self.store.counts()
         return {
             "ready": counts.ready,
+            "scheduled": counts.scheduled,
             "in_flight": counts.in_flight,
             "dead": counts.dead,
             "put_total": counts.put_total,
@@ -353,19 +363,38 @@ class Dispatcher(threading.Thread):
         """Commit every producer's RPUT of this round in one transaction (one fsync under
         sync="full"), then answer each with its ids."""
         puts, self._puts = self._puts, []
-        try:
-            ids = self.store.put_many([p for _, payloads in puts for p in payloads])
-        except Exception as exc:
-            if isinstance(exc, StoreError):
-                self._store_failed(exc)
-            for c, _ in puts:
-                self._send(c, (w.RESULT, None, exc))
-            return
-        start = 0
-        for c, payloads in puts:
-            self._send(c, (w.RESULT, ids[start : start + len(payloads)]))
-            start += len(payloads)
-        self._maybe_ready = True
+        # One transaction per (priority, due) group: a round's plain puts share one.
+        groups: dict[tuple[int, float], list[tuple[Any, list[bytes]]]] = {}
+        now = time.time()
+        for c, payloads, priority, due in puts:
+            plain = 0 <= due <= now  # due now: shares the round's transaction
+            groups.setdefault((priority, 0.0 if plain else due), []).append((c, payloads))
+        for (priority, due), members in groups.items():
+            try:
+                ids = self.store.put_many(
+                    [p for _, payloads in members for p in payloads],
+                    priority=priority,
+                    due=due or time.time(),
+                )
+            except Exception as exc:
+                if isinstance(exc, StoreError):
+                    self._store_failed(exc)
+                for c, _ in members:
+                    self._send(c, (w.RESULT, None, exc))
+                continue
+            start = 0
+            for c, payloads in members:
+                self._send(c, (w.RESULT, ids[start : start + len(payloads)]))
+                start += len(payloads)
+            self._coming(due)
+
+    def _coming(self, due: float) -> None:
+        """Messages due at ``due`` were committed: deliverable now, or keep the one timer
+        for the earliest due time (a newcomer that is earlier displaces it)."""
+        if due <= time.time():
+            self._maybe_ready = True
+        elif self._next_due is None or due < self._next_due:
+            self._next_due = due
 
     def _flush(self) -> None:
         if self._puts:
@@ -385,6 +414,7 @@ class Dispatcher(threading.Thread):
         leased = self.store.lease(self.owner_id, wanted, now=now, ttl=self.ttl)
         if len(leased) < wanted:
             self._maybe_ready = False
+            self._next_due = self.store.next_due(now)  # rebuilt from the store, one seek
         self.counters.delivered += len(leased)
         if self.release_slot is not None:
             for _ in leased:

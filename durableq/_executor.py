@@ -21,6 +21,7 @@ from typing import Any
 
 from ._owner import claim
 from ._records import Fault
+from ._schedule import due_of, priority_of
 from ._task import Options, check_options, chunks, decode_outcome, encode_call, encode_chunk
 from ._workers import Dispatcher
 from .store import MemoryStore, Store
@@ -100,16 +101,22 @@ class _State:
         self._settle(found)
 
     def _settle(self, found: list[tuple[TaskFuture, bytes]]) -> None:
-        for fut, outcome in found:
+        found.reverse()
+        while found:
+            # Popped, and no local outlives its turn: once a caller drops a future, its
+            # result is freed (CPython's test_free_reference checks it with a weakref).
+            fut, outcome = found.pop()
             if self.keep_results:
                 self.finished.append(fut.task_id)
-            if not fut.running() and not fut.set_running_or_notify_cancel():
-                continue  # cancelled after its task was leased: nobody wants the outcome
-            ok, value = decode_outcome(outcome)
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+            if fut.running() or fut.set_running_or_notify_cancel():
+                ok, value = decode_outcome(outcome)
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+                del value
+            # else: cancelled after its task was leased: nobody wants the outcome
+            del fut, outcome
 
     def break_all(self, exc: futures.BrokenExecutor) -> None:
         with self.lock:
@@ -235,11 +242,15 @@ class Executor(futures.Executor):
         if _interpreter_exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def _submit_payloads(self, payloads: list[bytes]) -> list[TaskFuture]:
+    def _submit_payloads(
+        self, payloads: list[bytes], opts: Options | None = None
+    ) -> list[TaskFuture]:
+        opts = opts or self._options
         state = self._state
+        band, due = priority_of(opts.priority), due_of(opts.not_before, opts.delay)
         with self._shutdown_lock:
             self._check_open()
-            ids = self._store.put_many(payloads)
+            ids = self._store.put_many(payloads, priority=band, due=due)
         self._dispatcher.nudge()
         fs = [TaskFuture(i, self._cancelled) for i in ids]
         state.register(fs)
@@ -258,7 +269,7 @@ class Executor(futures.Executor):
             payload = encode_call(fn, args, kwargs, opts)
         except Exception as exc:
             return self._unstorable(exc)
-        return self._submit_payloads([payload])[0]
+        return self._submit_payloads([payload], opts)[0]
 
     def _unstorable(self, exc: Exception) -> TaskFuture:
         """A call that cannot be pickled is not stored; as with ProcessPoolExecutor, its
@@ -306,26 +317,27 @@ class Executor(futures.Executor):
                     else encode_chunk(fn, call, opts)
                 )
             except Exception as exc:
-                fs += self._submit_payloads(batch) if batch else []
+                fs += self._submit_payloads(batch, opts) if batch else []
                 batch = []
                 fs.append(self._unstorable(exc))
                 continue
             if len(batch) == SUBMIT_BATCH:
-                fs += self._submit_payloads(batch)
+                fs += self._submit_payloads(batch, opts)
                 batch = []
         if batch:
-            fs += self._submit_payloads(batch)
+            fs += self._submit_payloads(batch, opts)
         results = _results(fs, end)
         return itertools.chain.from_iterable(results) if chunksize > 1 else results
 
     def options(self, **options: Any) -> TaskOptions:
         """A view of this executor whose ``submit`` and ``map`` carry other task options:
-        ``timeout`` (seconds or None), ``max_attempts``. Unnamed ones keep the executor's."""
+        ``timeout`` (seconds or None), ``max_attempts``, ``priority`` (``"high"``,
+        ``"medium"``, ``"low"``), ``not_before`` (datetime or epoch seconds) or ``delay``
+        (seconds). Unnamed ones keep the executor's."""
         unknown = set(options) - set(Options._fields)
         if unknown:
             raise TypeError(f"unknown task options: {', '.join(sorted(unknown))}")
-        merged = self._options._replace(**options)
-        return TaskOptions(self, check_options(merged.timeout, merged.max_attempts))
+        return TaskOptions(self, check_options(*self._options._replace(**options)))
 
     # -- after a crash ------------------------------------------------------------------------
 
@@ -365,6 +377,7 @@ class Executor(futures.Executor):
         d = self._dispatcher
         return {
             "ready": c.ready,
+            "scheduled": c.scheduled,
             "in_flight": c.in_flight,
             "dead": c.dead,
             "put_total": c.put_total,

@@ -31,6 +31,7 @@ class Inspector:
         return {
             "path": self.path,
             "ready": counts.ready,
+            "scheduled": counts.scheduled,
             "in_flight": counts.in_flight,
             "dead": counts.dead,
             "put_total": counts.put_total,

@@ -13,6 +13,7 @@ Differences from the stdlib class it extends (whose pipe and feeder thread go un
 
 from __future__ import annotations
 
+import datetime
 import multiprocessing
 import multiprocessing.queues
 import multiprocessing.synchronize
@@ -32,7 +33,8 @@ from ._dispatcher import Dispatcher, read_store
 from ._errors import ConfigurationError, DurableQError, OwnerGone, StoreError
 from ._message import Message
 from ._owner import claim, fault_recorder, release_slot, shutdown_owner
-from ._records import Fault, LeaseToken
+from ._records import Fault, LeaseToken, Priority
+from ._schedule import due_of, priority_of
 from ._serializer import Serializer, get_serializer
 from .store import Store
 
@@ -213,28 +215,43 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
 
-    def _commit(self, payloads: list[bytes]) -> None:
+    def _commit(self, payloads: list[bytes], priority: Priority, due: float) -> None:
         store = self._store()
         client = self._client()
         if store is None or self._shared.via_owner:
             try:
-                client.call(w.RPUT, payloads)
+                client.call(w.RPUT, payloads, int(priority), due)
                 return
             except OwnerGone:
                 if store is None:
                     raise
                 # No owner to group with: commit alone (it is durable either way).
         try:
-            store.put_many(payloads)
+            store.put_many(payloads, priority=priority, due=due)
         except StoreError as exc:
             self._note_fault(Fault("store-failed", time.time(), str(exc)))
             raise
-        client.notify_put(len(payloads))
+        client.notify_put(len(payloads), due)
 
     # -- producing ----------------------------------------------------------------------------
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(
+        self,
+        obj: Any,
+        block: bool = True,
+        timeout: float | None = None,
+        *,
+        priority: Priority | str | int | None = None,
+        not_before: datetime.datetime | float | None = None,
+        delay: float | None = None,
+        front: bool = False,
+    ) -> None:
         """Commit ``obj``; return once it is durable.
+
+        Scheduling (all optional): ``priority`` ``"high"``/``"medium"`` (default)/``"low"``
+        (ready HIGH messages go before MEDIUM before LOW, FIFO within a band); ``front=True``
+        goes ahead of its band; ``not_before`` (a datetime, naive meaning local time, or
+        epoch seconds) or ``delay`` (seconds) keeps it *scheduled* until then.
 
         Raises:
             ValueError: the queue is closed in this process.
@@ -243,18 +260,28 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             TypeError: ``serializer="msgpack"`` and ``obj`` is not plain data.
         """
         self._check_open()
+        band, due = priority_of(priority), due_of(not_before, delay, front)
         payload = self._shared.serializer.dumps(obj)
         if self._bounded and not self._sem.acquire(block, timeout):
             raise pyqueue.Full
         try:
-            self._commit([payload])
+            self._commit([payload], band, due)
         except BaseException:
             self._release_slot()
             raise
 
-    def put_many(self, items: Iterable[Any]) -> None:
-        """Commit every item of ``items`` in one transaction; all or none are stored."""
+    def put_many(
+        self,
+        items: Iterable[Any],
+        *,
+        priority: Priority | str | int | None = None,
+        not_before: datetime.datetime | float | None = None,
+        delay: float | None = None,
+    ) -> None:
+        """Commit every item of ``items`` in one transaction; all or none are stored.
+        Scheduling options apply to every item, as for ``put``."""
         self._check_open()
+        band, due = priority_of(priority), due_of(not_before, delay)
         dumps = self._shared.serializer.dumps
         payloads = [dumps(obj) for obj in items]
         if not payloads:
@@ -264,7 +291,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             for _ in payloads if self._bounded else ():
                 self._sem.acquire()
                 taken += 1
-            self._commit(payloads)
+            self._commit(payloads, band, due)
         except BaseException:
             for _ in range(taken):
                 self._release_slot()

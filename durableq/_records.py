@@ -54,6 +54,7 @@ class Counts:
     dead: int
     put_total: int
     acked_total: int
+    scheduled: int = 0  #: stored, waiting for their due time
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures.process import _RemoteTraceback
 from typing import Any, Final, NamedTuple
 
+from ._schedule import due_of, priority_of
+
 #: timeout in seconds (0: none), max_attempts, kind.
 _HEADER: Final = struct.Struct("<dHB")
 _CALL, _CHUNK = 0, 1
@@ -22,21 +24,35 @@ _OK, _RAISED = b"\x00", b"\x01"
 
 
 class Options(NamedTuple):
-    """Per-task policy, kept in the stored task."""
+    """Per-task policy: timeout and max_attempts are kept in the stored task's header;
+    priority and the due time (not_before or delay) are where the store files it."""
 
     timeout: float | None
     max_attempts: int
+    priority: Any = None
+    not_before: Any = None
+    delay: float | None = None
 
 
-def check_options(timeout: float | None, max_attempts: int) -> Options:
+def check_options(
+    timeout: float | None,
+    max_attempts: int,
+    priority: Any = None,
+    not_before: Any = None,
+    delay: float | None = None,
+) -> Options:
     """Validate task options, naming the bad one."""
+    priority = priority_of(priority)
+    due_of(not_before, delay)  # raises what is wrong with them
     if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
         raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
     if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or not (
         1 <= max_attempts <= 0xFFFF
     ):
         raise ValueError(f"max_attempts must be an int from 1 to 65535, not {max_attempts!r}")
-    return Options(None if timeout is None else float(timeout), max_attempts)
+    return Options(
+        None if timeout is None else float(timeout), max_attempts, priority, not_before, delay
+    )
 
 
 def encode_call(

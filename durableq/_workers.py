@@ -190,13 +190,18 @@ class Dispatcher(threading.Thread):
         deadline = min([w.deadline for w in busy] + [float("inf")])
         if self.retry_at:
             deadline = min(deadline, self.retry_at)
-        timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
         # Workers free after _assign mean the store ran dry: sleep until a producer wakes
-        # us (set idle first, then look again, so a put in between is never missed).
+        # us (set idle first, then look again, so a put in between is never missed), or
+        # until the earliest scheduled task is due.
         self.idle = any(w.room(self.depth) for w in self.workers.values())
         if self.idle and self._has_work():
             self.idle = False
             return True
+        if self.idle and not (self.cancel or self.retry_at):
+            due = self.store.next_due(time.time())
+            if due is not None:
+                deadline = min(deadline, time.monotonic() + max(0.0, due - time.time()))
+        timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
         ready = wait(waits, timeout)
         self.idle = False
         for obj in ready:

@@ -16,7 +16,7 @@ from durableq._cli import main
 from .conftest import TIMEOUT
 
 SCHEMA = {
-    "path": str, "ready": int, "in_flight": int, "dead": int, "put_total": int,
+    "path": str, "ready": int, "scheduled": int, "in_flight": int, "dead": int, "put_total": int,
     "acked_total": int, "owner_pid": int, "owner_alive": bool,
 }
 

@@ -401,7 +401,8 @@ def test_a_failing_store_sets_the_fault_and_the_dispatcher_retries(tmp_path: Pat
 
 
 def signal_then_wait(started: str, gate: str) -> str:
-    touch(started)
+    Path(started + ".tmp").write_text(str(os.getpid()))
+    os.rename(started + ".tmp", started)  # appears with its content
     return wait_for_file(gate)
 
 
@@ -413,12 +414,7 @@ def test_only_the_task_a_worker_was_running_is_charged_for_its_death(tmp_path: P
         running = ex.submit(signal_then_wait, started, gate)
         queued = [ex.submit(square, i) for i in range(3)]
         wait_for_file(started)
-        os.kill(_worker_pid(ex), signal.SIGKILL)
+        os.kill(int(Path(started).read_text()), signal.SIGKILL)
         with pytest.raises(WorkerCrashed):
             running.result(TIMEOUT)
         assert [f.result(TIMEOUT) for f in queued] == [0, 1, 4], "never started: not charged"
-
-
-def _worker_pid(ex: Executor) -> int:
-    (child,) = psutil.Process().children()
-    return int(child.pid)

@@ -85,6 +85,10 @@ class Store(Protocol):
         """Counts per state and lifetime totals."""
         ...
 
+    def next_due(self, now: float) -> float | None:
+        """The earliest due time after ``now`` of a waiting (scheduled) message, if any."""
+        ...
+
     def record_fault(self, fault: Fault) -> None:
         """Append ``fault`` to the durable fault log (best effort: never raises)."""
         ...

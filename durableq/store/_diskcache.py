@@ -94,6 +94,10 @@ SELECT m.id, coalesce(d.attempts, m.attempts), {_DONE}, NULL
   FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
  WHERE m.id = ? AND m.state = {_READY} AND (d.state IS NULL OR d.state = {_READY})
 """
+# A scheduled message has never been leased (a lease needs it due): no ledger join.
+_NEXT_DUE: Final = (
+    f"SELECT min(due) FROM q.dq_message WHERE state = {_READY} AND priority = ? AND due > ?"
+)
 _UNFINISHED: Final = f"""
 SELECT m.id FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
  WHERE m.id <= ? AND m.state = {_READY} AND (d.state IS NULL OR d.state IN ({_READY}, {_IN_FLIGHT}))
@@ -402,11 +406,25 @@ class DiskcacheStore(SQLiteFiles):
         return bool(self._read(_CANDIDATES, (now, 1)))
 
     @guarded
+    def next_due(self, now: float) -> float | None:
+        # One index seek per priority band: memory and time stay flat however many wait.
+        dues = [
+            row[0]
+            for band in Priority
+            for row in self._read(_NEXT_DUE, (int(band), now))
+            if row[0] is not None
+        ]
+        return min(dues, default=None)
+
+    @guarded
     def counts(self) -> Counts:
-        (ready,) = self._read(
-            f"SELECT count(*) FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id "
-            f"WHERE m.state = {_READY} AND (d.state IS NULL OR d.state = {_READY})"
-        )[0]
+        waiting = dict(self._read(
+            f"SELECT m.due > ?, count(*) FROM q.dq_message AS m "
+            f"LEFT JOIN dq_delivery AS d ON d.id = m.id "
+            f"WHERE m.state = {_READY} AND (d.state IS NULL OR d.state = {_READY}) GROUP BY 1",
+            (time.time(),),
+        ))
+        ready, scheduled = waiting.get(0, 0), waiting.get(1, 0)
         ledger = dict(self._read("SELECT state, count(*) FROM dq_delivery GROUP BY state"))
         (dead,) = self._read(f"SELECT count(*) FROM q.dq_message WHERE state = {_DEAD}")[0]
         (put_total,) = self._read("SELECT max(id) FROM q.dq_message")[0]
@@ -417,6 +435,7 @@ class DiskcacheStore(SQLiteFiles):
             dead=dead + ledger.get(_DEAD, 0),
             put_total=put_total or 0,
             acked_total=acked,
+            scheduled=scheduled,
         )
 
     @guarded

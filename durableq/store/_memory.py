@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -153,11 +154,23 @@ class MemoryStore:
                 for _, due, id_ in self._ready
             )
 
+    def next_due(self, now: float) -> float | None:
+        with self._lock:
+            return min(
+                (r.due for r in self._records.values() if r.state == State.READY and r.due > now),
+                default=None,
+            )
+
     def counts(self) -> Counts:
+        now = time.time()
         with self._lock:
             states = [r.state for r in self._records.values()]
+            waiting = sum(
+                1 for r in self._records.values() if r.state == State.READY and r.due > now
+            )
             return Counts(
-                ready=states.count(State.READY),
+                scheduled=waiting,
+                ready=states.count(State.READY) - waiting,
                 in_flight=states.count(State.IN_FLIGHT),
                 dead=states.count(State.DEAD),
                 put_total=self._next_id - 1,
