@@ -138,9 +138,10 @@ KNOWN: dict[tuple[str, str | None], Known] = {
         flaky=True,
     ),
     ("ExecutorTest.test_free_reference", None): Known(
-        "the dispatcher thread keeps a settled future (and so its result) alive until its "
-        "whole batch is settled: resolve()'s found list and _settle()'s fut/value locals; "
-        "the consumer sometimes checks the result's weakref inside that window",
+        "_State.register() settles the outcomes that came back before submit() registered "
+        "their futures ('early') but leaves those futures in _State.futures: each keeps its "
+        "result alive for the executor's lifetime (frequent under fork, where map()'s first "
+        "tasks can finish before their futures are registered)",
         flaky=True,
     ),
 }
