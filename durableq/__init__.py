@@ -16,6 +16,7 @@ from ._errors import (
     QueueNotFound,
     StoreError,
     StoreTimeout,
+    TaskAbandoned,
     TaskTimeout,
     WorkerCrashed,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreTimeout",
+    "TaskAbandoned",
     "TaskFuture",
     "TaskOptions",
     "TaskTimeout",

@@ -115,6 +115,14 @@ class TaskTimeout(DurableQError, TimeoutError):
         return (type(self), (self.task_id, self.timeout, self.attempts))
 
 
+class TaskAbandoned(DurableQError):
+    """The executor stopped before this task ran to the end (``kill_workers()``, a task
+    scheduled past shutdown, a worker lost while shutting down with ``cancel_futures``).
+
+    With a ``path`` the task stays stored: the next ``Executor`` opened there runs it.
+    """
+
+
 class InitializerFailed(DurableQError, BrokenExecutor):
     """The executor's ``initializer`` raised in a worker: no task can run.
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
+from ._errors import TaskAbandoned
 from ._owner import claim
 from ._records import Fault
 from ._schedule import due_of, priority_of
@@ -117,6 +118,21 @@ class _State:
                 del value
             # else: cancelled after its task was leased: nobody wants the outcome
             del fut, outcome
+
+    def abandon(self) -> None:
+        """The dispatcher has stopped: no future may wait forever for it."""
+        with self.lock:
+            pending, self.futures = list(self.futures.values()), {}
+        where = (
+            "it stays stored for the next Executor on this path"
+            if self.keep_results
+            else "it is lost: without a path tasks live in memory"
+        )
+        for fut in pending:
+            if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
+                fut.set_exception(
+                    TaskAbandoned(f"task {fut.task_id}: the executor stopped first; {where}")
+                )
 
     def break_all(self, exc: futures.BrokenExecutor) -> None:
         with self.lock:
@@ -248,12 +264,12 @@ class Executor(futures.Executor):
         opts = opts or self._options
         state = self._state
         band, due = priority_of(opts.priority), due_of(opts.not_before, opts.delay)
-        with self._shutdown_lock:
+        with self._shutdown_lock:  # registered before shutdown() can look at the futures
             self._check_open()
             ids = self._store.put_many(payloads, priority=band, due=due)
+            fs = [TaskFuture(i, self._cancelled) for i in ids]
+            state.register(fs)
         self._dispatcher.nudge()
-        fs = [TaskFuture(i, self._cancelled) for i in ids]
-        state.register(fs)
         return fs
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
@@ -396,6 +412,7 @@ class Executor(futures.Executor):
         with self._shutdown_lock:
             self._shutdown_thread = True
         if cancel_futures:
+            self._dispatcher.assign_now(timeout=1.0)
             with self._state.lock:
                 pending = list(self._state.futures.values())
             for fut in pending:
@@ -404,6 +421,15 @@ class Executor(futures.Executor):
         self._dispatcher.request_stop()
         if wait:
             self._dispatcher.join()
+
+    def kill_workers(self) -> None:
+        """Shut down now (as ``ProcessPoolExecutor.kill_workers`` of Python 3.14): pending
+        futures are cancelled, workers are killed without charging their tasks, and the
+        futures of tasks they ran raise ``TaskAbandoned`` (with a ``path`` those tasks stay
+        stored and run in the next Executor opened there). Waits for the dispatcher."""
+        self.shutdown(wait=False, cancel_futures=True)
+        self._dispatcher.kill_workers()
+        self._dispatcher.join()
 
     def __repr__(self) -> str:
         where = self.path or "memory"
@@ -459,6 +485,7 @@ def _closer(dispatcher: Dispatcher, store: Store, state: _State, lock: Any) -> C
 
     def close() -> None:
         try:
+            state.abandon()
             if dispatcher.error is None and state.broken is None and state.finished:
                 store.forget(state.finished)
         finally:

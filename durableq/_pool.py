@@ -312,8 +312,7 @@ class Pool:
             core.cache.clear()
         for result in unfinished:
             result._abort(CancelledError("the pool was terminated before this task finished"))
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        _kill_workers(self._executor)
+        self._executor.kill_workers()
         self.join()
 
     def join(self) -> None:
@@ -342,31 +341,3 @@ class Pool:
 
     def __exit__(self, *exc_info: object) -> None:
         self.terminate()
-
-
-def _kill_workers(executor: Executor) -> None:
-    """SIGKILL the executor's workers so ``terminate()`` need not wait for running tasks.
-
-    A stopgap that reaches into the dispatcher, until ``Executor`` can do it itself (like
-    ``ProcessPoolExecutor.kill_workers()`` in Python 3.14). Call only after
-    ``shutdown(wait=False, cancel_futures=True)``: a stopping dispatcher spawns no
-    replacements. If the executor's insides change, terminate() waits for running tasks.
-    """
-    workers = getattr(getattr(executor, "_dispatcher", None), "workers", None)
-    if not isinstance(workers, dict):
-        return
-    for _ in range(3):
-        try:
-            snapshot = list(workers.values())  # the dispatcher thread changes the dict
-            break
-        except RuntimeError:
-            continue
-    else:
-        return
-    for worker in snapshot:
-        process = getattr(worker, "process", None)
-        try:
-            if process is not None:
-                process.kill()
-        except (OSError, ValueError):
-            pass  # already gone (or closed)

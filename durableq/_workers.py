@@ -116,10 +116,12 @@ class Dispatcher(threading.Thread):
         self._wake_lock = threading.Lock()
         self.idle = False  # True while waiting with nothing to lease: producers wake us
         self.stopping = False  # shutdown asked: finish what the store holds, then exit
+        self.killing = False  # kill_workers(): stop every worker now, charge no task
         self.cancel = False  # shutdown(cancel_futures=True): lease nothing new
         self.discards: list[int] = []  # cancelled futures' tasks, dropped from the store
         self.settled = Settled()
         self.leased: deque[Leased] = deque()  # leased ahead, not yet sent
+        self.assign_asked, self.assigned = threading.Event(), threading.Event()
         self.retry_at = 0.0
         self.error: BaseException | None = None
         self.on_exit: Callable[[], None] = lambda: None
@@ -146,6 +148,33 @@ class Dispatcher(threading.Thread):
             except BlockingIOError:
                 pass  # the pipe is full of wakeups already
 
+    def assign_now(self, timeout: float) -> None:
+        """Let free workers take what is stored (as ProcessPoolExecutor hands work to its
+        call queue as soon as it is submitted): ``shutdown(cancel_futures=True)`` then
+        cancels only what no worker holds."""
+        if not self.is_alive():
+            return
+        self.assigned.clear()
+        self.assign_asked.set()
+        self.wake()
+        self.assigned.wait(timeout)
+
+    def kill_workers(self) -> None:
+        """Stop at once: kill every worker from the dispatcher thread; their tasks are not
+        charged an attempt and stay stored (their futures get ``TaskAbandoned``)."""
+        self.stopping = self.cancel = self.killing = True
+        self.wake()
+
+    def _kill_all(self) -> None:
+        for w in list(self.workers.values()):
+            w.process.kill()
+        for w in list(self.workers.values()):
+            w.process.join()
+            self._receive(w.conn)  # outcomes sent before the kill still count
+            self._requeue_unstarted(w, started=0)
+            del self.workers[w.process.sentinel]
+            w.conn.close()
+
     def request_stop(self) -> None:
         """Finish what the store holds, then stop the workers and exit."""
         self.stopping = True
@@ -171,8 +200,10 @@ class Dispatcher(threading.Thread):
             self.on_broken(broken)
         finally:
             try:
+                self._discard()
                 self._return_leased()
                 self._stop_workers()
+                self._settle()
             finally:
                 with self._wake_lock:
                     os.close(self._wake_r)
@@ -182,6 +213,9 @@ class Dispatcher(threading.Thread):
 
     def _round(self) -> bool:
         self._assign()
+        if self.assign_asked.is_set():
+            self.assign_asked.clear()
+            self.assigned.set()
         busy = [w for w in self.workers.values() if w.task is not None]
         if self.stopping and not busy and not self._has_work():
             return False
@@ -225,10 +259,16 @@ class Dispatcher(threading.Thread):
 
     # -- handing out tasks --------------------------------------------------------------------
 
-    def _assign(self) -> None:
+    def _discard(self) -> None:
+        """Drop the tasks of futures cancelled since the last round from the store."""
         if self.discards:
             ids, self.discards = self.discards, []
             self.store.discard(ids)
+
+    def _assign(self) -> None:
+        self._discard()
+        if self.killing:
+            self._kill_all()
         if self.cancel or self.retry_at > time.monotonic():
             return
         self.retry_at = 0.0

@@ -130,21 +130,7 @@ class Known:
 
 
 #: ("Class.test_name", start method or None for all) -> known durableq failure.
-KNOWN: dict[tuple[str, str | None], Known] = {
-    ("ExecutorShutdownTest.test_cancel_futures", None): Known(
-        "shutdown(cancel_futures=True) right after 50 quick submits usually cancels all 50: "
-        "the dispatcher thread has not handed any task to a worker yet, where "
-        "ProcessPoolExecutor marks the first max_workers + 1 running as it queues them",
-        flaky=True,
-    ),
-    ("ExecutorTest.test_free_reference", None): Known(
-        "_State.register() settles the outcomes that came back before submit() registered "
-        "their futures ('early') but leaves those futures in _State.futures: each keeps its "
-        "result alive for the executor's lifetime (frequent under fork, where map()'s first "
-        "tasks can finish before their futures are registered)",
-        flaky=True,
-    ),
-}
+KNOWN: dict[tuple[str, str | None], Known] = {}
 
 #: CPython's test mixins that take an executor, in the order CPython defines them.
 MIXINS = [
