@@ -81,10 +81,14 @@ class _State:
         return fut is None or fut.running() or fut.set_running_or_notify_cancel()
 
     def register(self, fs: list[TaskFuture]) -> None:
+        early = []
         with self.lock:
             for fut in fs:
-                self.futures[fut.task_id] = fut
-            early = [(f, self.early.pop(f.task_id)) for f in fs if f.task_id in self.early]
+                outcome = self.early.pop(fut.task_id, None)
+                if outcome is None:
+                    self.futures[fut.task_id] = fut
+                else:
+                    early.append((fut, outcome))  # settled now, never kept here
         self._settle(early)
 
     def resolve(self, outcomes: list[tuple[int, bytes]]) -> None:
