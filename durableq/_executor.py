@@ -273,7 +273,10 @@ class Executor(futures.Executor):
             ids = self._store.put_many(payloads, priority=band, due=due)
             fs = [TaskFuture(i, self._cancelled) for i in ids]
             state.register(fs)
-        self._dispatcher.nudge()
+        if due > time.time():
+            self._dispatcher.scheduled()
+        else:
+            self._dispatcher.nudge()
         return fs
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:

@@ -122,6 +122,8 @@ class Dispatcher(threading.Thread):
         self.settled = Settled()
         self.leased: deque[Leased] = deque()  # leased ahead, not yet sent
         self.assign_asked, self.assigned = threading.Event(), threading.Event()
+        #: The store may hold scheduled tasks: look up the next due time when idle.
+        self.maybe_scheduled = True
         self.retry_at = 0.0
         self.error: BaseException | None = None
         self.on_exit: Callable[[], None] = lambda: None
@@ -180,6 +182,11 @@ class Dispatcher(threading.Thread):
         self.stopping = True
         self.wake()
 
+    def scheduled(self) -> None:
+        """A task with a future due time was stored: the next idle round sets a timer."""
+        self.maybe_scheduled = True
+        self.wake()
+
     def nudge(self) -> None:
         """Wake the dispatcher only if it sleeps for lack of tasks (cheap on every submit)."""
         if self.idle:
@@ -224,16 +231,13 @@ class Dispatcher(threading.Thread):
         deadline = min([w.deadline for w in busy] + [float("inf")])
         if self.retry_at:
             deadline = min(deadline, self.retry_at)
-        # Workers free after _assign mean the store ran dry: sleep until a producer wakes
-        # us (set idle first, then look again, so a put in between is never missed), or
-        # until the earliest scheduled task is due.
-        self.idle = any(w.room(self.depth) for w in self.workers.values())
-        if self.idle and self._has_work():
-            self.idle = False
-            return True
-        if self.idle and not (self.cancel or self.retry_at):
+        # Idle (set by _assign): the store ran dry with workers free; sleep until a
+        # producer wakes us or the earliest scheduled task is due.
+        if self.idle and self.maybe_scheduled and not (self.cancel or self.retry_at):
             due = self.store.next_due(time.time())
-            if due is not None:
+            if due is None:
+                self.maybe_scheduled = False  # until a scheduled put or a restart
+            else:
                 deadline = min(deadline, time.monotonic() + max(0.0, due - time.time()))
         timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
         ready = wait(waits, timeout)
@@ -269,6 +273,7 @@ class Dispatcher(threading.Thread):
         self._discard()
         if self.killing:
             self._kill_all()
+        self.idle = False
         if self.cancel or self.retry_at > time.monotonic():
             return
         self.retry_at = 0.0
@@ -279,6 +284,9 @@ class Dispatcher(threading.Thread):
         ]
         if not slots:
             return
+        # Idle before looking at the store: a put from now on wakes us (nudge), so slots
+        # left free after this lease need no second look before sleeping.
+        self.idle = True
         want = len(slots) - len(self.leased)
         if want > 0:
             ahead = LEASE_AHEAD if self.depth > 1 else 0
@@ -301,6 +309,8 @@ class Dispatcher(threading.Thread):
             self._send(w, tasks)
         if dropped:
             self.store.ack(dropped)
+        if len(leased) == len(slots):
+            self.idle = False  # every slot taken: an outcome, not a put, wakes us next
 
     def _send(self, w: _Worker, tasks: list[Leased]) -> None:
         """One write for all of a worker's new tasks: a system call is the round's cost."""
