@@ -124,6 +124,8 @@ class Dispatcher(threading.Thread):
         self.assign_asked, self.assigned = threading.Event(), threading.Event()
         #: The store may hold scheduled tasks: look up the next due time when idle.
         self.maybe_scheduled = True
+        #: The last lease came up short and nothing was put since: skip the next one.
+        self.drained = False
         self.retry_at = 0.0
         self.error: BaseException | None = None
         self.on_exit: Callable[[], None] = lambda: None
@@ -189,6 +191,7 @@ class Dispatcher(threading.Thread):
 
     def nudge(self) -> None:
         """Wake the dispatcher only if it sleeps for lack of tasks (cheap on every submit)."""
+        self.drained = False  # before reading idle: see _assign
         if self.idle:
             self.idle = False
             self.wake()
@@ -242,6 +245,8 @@ class Dispatcher(threading.Thread):
         timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
         ready = wait(waits, timeout)
         self.idle = False
+        if not ready or self._wake_r in ready:
+            self.drained = False  # a timer (a due task) or a wakeup: look at the store
         for obj in ready:
             if obj == self._wake_r:
                 os.read(self._wake_r, 4096)
@@ -288,12 +293,15 @@ class Dispatcher(threading.Thread):
         # left free after this lease need no second look before sleeping.
         self.idle = True
         want = len(slots) - len(self.leased)
+        if want > 0 and self.drained:
+            want = 0  # the last lease came up short and nothing was put since
         if want > 0:
             ahead = LEASE_AHEAD if self.depth > 1 else 0
             try:
-                self.leased += self.store.lease(
-                    self.pool, max(want, ahead), now=time.time(), ttl=LEASE_TTL
-                )
+                asked = max(want, ahead)
+                got = self.store.lease(self.pool, asked, now=time.time(), ttl=LEASE_TTL)
+                self.leased += got
+                self.drained = len(got) < asked
             except StoreError as exc:
                 self._store_failed(exc)
                 return
@@ -455,6 +463,7 @@ class Dispatcher(threading.Thread):
                 )
             if s.requeue:
                 self.store.nack(s.requeue, requeue=True)
+                self.drained = False
         except StoreError as exc:
             # Nothing of the failed call was applied; apply what is left again shortly.
             self._store_failed(exc)
