@@ -256,14 +256,8 @@ class Dispatcher(threading.Thread):
         return self.stats() if name == "stats" else read_store(self.store, name)
 
     def stats(self) -> dict[str, Any]:
-        counts = self.store.counts()
         return {
-            "ready": counts.ready,
-            "scheduled": counts.scheduled,
-            "in_flight": counts.in_flight,
-            "dead": counts.dead,
-            "put_total": counts.put_total,
-            "acked_total": counts.acked_total,
+            **self.store.counts().as_dict(),
             "consumers": sum(1 for c in self._consumers.values() if c.authed),
             "owner_pid": os.getpid(),
             **vars(self.counters),

@@ -396,15 +396,9 @@ class Executor(futures.Executor):
 
     def stats(self) -> dict[str, Any]:
         """Counts from the store plus this run's crash, timeout and stale-outcome counters."""
-        c = self._store.counts()
         d = self._dispatcher
         return {
-            "ready": c.ready,
-            "scheduled": c.scheduled,
-            "in_flight": c.in_flight,
-            "dead": c.dead,
-            "put_total": c.put_total,
-            "acked_total": c.acked_total,
+            **self._store.counts().as_dict(),
             "workers": self._max_workers,
             "crashes": d.crashes,
             "timeouts": d.timeouts,

@@ -26,16 +26,10 @@ class Inspector:
 
     def stats(self) -> dict[str, Any]:
         """Counts per state, lifetime totals, and the owner's pid and whether it is alive."""
-        counts = self._store.counts()
         pid, alive = owner_status(self.path)
         return {
             "path": self.path,
-            "ready": counts.ready,
-            "scheduled": counts.scheduled,
-            "in_flight": counts.in_flight,
-            "dead": counts.dead,
-            "put_total": counts.put_total,
-            "acked_total": counts.acked_total,
+            **self._store.counts().as_dict(),
             "owner_pid": pid,
             "owner_alive": alive,
         }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -55,6 +55,10 @@ class Counts:
     put_total: int
     acked_total: int
     scheduled: int = 0  #: stored, waiting for their due time
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts as the ``stats()`` keys every queue, executor and reader share."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)

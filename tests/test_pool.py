@@ -26,6 +26,7 @@ import durableq
 from durableq import InitializerFailed, Pool, WorkerCrashed, _poolcore
 
 from .conftest import TIMEOUT
+from .test_executor import touch, wait_for_file
 
 # -- task functions: module level, so workers import them by path -----------------------------
 
@@ -64,15 +65,6 @@ def always_die(_: object = None) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def wait_for_file(path: str) -> str:
-    deadline = time.monotonic() + TIMEOUT
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return path
-
-
-def touch(path: str) -> None:
-    Path(path).touch()
 
 
 def after(args: tuple[str, str, int]) -> int:
