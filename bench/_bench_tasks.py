@@ -13,6 +13,8 @@ import hashlib
 import os
 import time
 
+import psutil
+
 HOLD_MAX_S = 120.0  # a held task gives up after this, should nobody ever release it
 
 
@@ -56,3 +58,22 @@ def checked(i: int, gen: int, log: str, work_s: float) -> tuple[int, str]:
     _append(log, f"{i} {gen} {os.getpid()} {time.monotonic_ns()}\n")
     time.sleep(work_s)
     return i, digest(i)
+
+
+def dead(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_dead(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited; returns those still alive after ``timeout``.
+
+    A zombie counts as dead: an orphan's zombie waits for init to reap it, which here
+    happens about once a second, so ``psutil.wait_procs`` would add that second.
+    """
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in procs if not dead(p)]) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return alive

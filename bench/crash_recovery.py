@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from _bench_tasks import checked, digest
+from _bench_tasks import checked, dead, digest, wait_dead
 
 import durableq
 
@@ -213,7 +213,7 @@ def _workers(pid: int) -> list[psutil.Process]:
     out = []
     for kid in kids:
         try:
-            if not _dead(kid) and not any(x in " ".join(kid.cmdline()) for x in NOT_WORKERS):
+            if not dead(kid) and not any(x in " ".join(kid.cmdline()) for x in NOT_WORKERS):
                 out.append(kid)
         except psutil.Error:
             pass  # exited meanwhile
@@ -234,23 +234,6 @@ def _kill_a_worker(parent: int, rng: random.Random, log: Appender) -> bool:
     return True
 
 
-def _dead(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _wait_dead(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait until every process has exited; returns those still alive after ``timeout``.
-
-    A zombie counts as dead: an orphan's zombie waits for init to reap it, which here
-    happens about once a second, so ``psutil.wait_procs`` would add that second.
-    """
-    deadline = time.monotonic() + timeout
-    while (alive := [p for p in procs if not _dead(p)]) and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return alive
 
 
 def _kill_parent(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
@@ -263,14 +246,14 @@ def _kill_parent(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
     proc.kill()
     proc.wait()
     killed = time.monotonic()
-    alive = _wait_dead(kids, ORPHAN_GRACE_S)
+    alive = wait_dead(kids, ORPHAN_GRACE_S)
     took = time.monotonic() - killed
     for p in alive:
         try:
             p.kill()
         except psutil.Error:
             pass  # exited meanwhile
-    _wait_dead(alive, ORPHAN_GRACE_S)
+    wait_dead(alive, ORPHAN_GRACE_S)
     return len(alive), took
 
 

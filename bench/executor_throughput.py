@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from _bench_tasks import hold, noop, spin
+from _bench_tasks import hold, noop, spin, wait_dead
 
 import durableq
 
@@ -439,23 +439,6 @@ def _reap(proc: Any) -> None:
     proc.join(WAIT_S)
 
 
-def _dead(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _wait_dead(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait until every process has exited; returns those still alive after ``timeout``.
-
-    A zombie counts as dead: an orphan's zombie waits for init to reap it, which here
-    happens about once a second, so ``psutil.wait_procs`` would add that second.
-    """
-    deadline = time.monotonic() + timeout
-    while (alive := [p for p in procs if not _dead(p)]) and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return alive
 
 
 def _kill_and_wait(proc: Any) -> None:
@@ -463,7 +446,7 @@ def _kill_and_wait(proc: Any) -> None:
     kids = psutil.Process(proc.pid).children(recursive=True)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join(WAIT_S)
-    alive = _wait_dead(kids, 10.0)
+    alive = wait_dead(kids, 10.0)
     if alive:
         raise RuntimeError(f"workers outlived their killed parent: {[p.pid for p in alive]}")
 
