@@ -124,8 +124,10 @@ class Dispatcher(threading.Thread):
         self.assign_asked, self.assigned = threading.Event(), threading.Event()
         #: The store may hold scheduled tasks: look up the next due time when idle.
         self.maybe_scheduled = True
-        #: The last lease came up short and nothing was put since: skip the next one.
+        #: The last lease came up short and nothing was put since: skip the next one
+        #: (only while no scheduled task may come due meanwhile).
         self.drained = False
+        self.looked_at = 0.0  # when the last lease looked at the store
         self.retry_at = 0.0
         self.error: BaseException | None = None
         self.on_exit: Callable[[], None] = lambda: None
@@ -237,7 +239,8 @@ class Dispatcher(threading.Thread):
         # Idle (set by _assign): the store ran dry with workers free; sleep until a
         # producer wakes us or the earliest scheduled task is due.
         if self.idle and self.maybe_scheduled and not (self.cancel or self.retry_at):
-            due = self.store.next_due(time.time())
+            # From the time the last lease looked: a task due in between is not missed.
+            due = self.store.next_due(self.looked_at)
             if due is None:
                 self.maybe_scheduled = False  # until a scheduled put or a restart
             else:
@@ -293,13 +296,14 @@ class Dispatcher(threading.Thread):
         # left free after this lease need no second look before sleeping.
         self.idle = True
         want = len(slots) - len(self.leased)
-        if want > 0 and self.drained:
-            want = 0  # the last lease came up short and nothing was put since
+        if want > 0 and self.drained and not self.maybe_scheduled:
+            want = 0  # the last lease came up short and nothing was put or came due since
         if want > 0:
             ahead = LEASE_AHEAD if self.depth > 1 else 0
             try:
                 asked = max(want, ahead)
-                got = self.store.lease(self.pool, asked, now=time.time(), ttl=LEASE_TTL)
+                self.looked_at = time.time()
+                got = self.store.lease(self.pool, asked, now=self.looked_at, ttl=LEASE_TTL)
                 self.leased += got
                 self.drained = len(got) < asked
             except StoreError as exc:
