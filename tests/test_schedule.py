@@ -18,7 +18,7 @@ import durableq
 from durableq import Executor, Priority
 
 from .conftest import TIMEOUT
-from .test_executor import record, touch, wait_for_file
+from .test_executor import record, signal_then_wait, touch, wait_for_file
 
 
 def drain(q: durableq.Queue) -> list[Any]:
@@ -161,3 +161,18 @@ def test_executor_delay_holds_a_task_until_due(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="delay must be"):
             ex.options(delay=-2)
         assert ex.options(priority=Priority.LOW, delay=0).submit(abs, -3).result(TIMEOUT) == 3
+
+
+def test_a_task_coming_due_while_every_worker_is_busy_runs_next(tmp_path: Path) -> None:
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    with Executor(1, path=tmp_path / "q") as ex:
+        for _ in range(3):  # short tasks: the dispatcher leases ahead and skips dry leases
+            assert list(ex.map(abs, range(-40, 0))) == list(range(40, 0, -1))
+        busy = ex.submit(signal_then_wait, started, gate)
+        due_soon = ex.options(delay=0.2).submit(time.time)
+        wait_for_file(started)
+        time.sleep(0.3)  # due now, while the only worker is busy
+        released = time.time()
+        touch(gate)
+        assert busy.result(TIMEOUT) == gate
+        assert released <= due_soon.result(TIMEOUT) < released + TIMEOUT
