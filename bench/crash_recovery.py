@@ -41,12 +41,9 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import datetime
 import json
 import os
-import platform
 import random
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -57,6 +54,7 @@ from typing import Any
 
 import psutil
 from _bench_tasks import checked, dead, digest, wait_dead
+from _env import machine, reproduce_command
 
 import durableq
 
@@ -484,35 +482,12 @@ def print_report(rows: list[dict[str, Any]], cfg: Config) -> None:
                       " restarted parent: killed after submit returned, before logging it")
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-def reproduce_command(argv: list[str]) -> str:
-    exe = Path(sys.executable)
-    python = os.path.relpath(exe, REPO) if exe.is_relative_to(REPO) else str(exe)
-    return " ".join(shlex.quote(x) for x in (python, os.path.relpath(SCRIPT, REPO), *argv))
-
-
 def environment(cfg: Config, argv: list[str]) -> dict[str, Any]:
-    changed = _git("status", "--porcelain", "--", "durableq")
     return {
-        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": CPUS,
-        "commit": _git("rev-parse", "HEAD"),
-        "durableq_uncommitted_changes": changed.splitlines() if changed != "unknown" else [],
-        "durableq_imported_from": os.path.dirname(durableq.__file__),
+        **machine(),
         "versions": {"durableq": durableq.__version__, "psutil": psutil.__version__},
         "config": vars(cfg),
-        "command": reproduce_command(argv),
-        "loadavg_at_start": os.getloadavg(),
+        "command": reproduce_command(__file__, argv),
     }
 
 

@@ -40,20 +40,16 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import gc
 import glob
 import json
 import multiprocessing as mp
 import os
-import platform
-import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -61,6 +57,7 @@ from typing import Any
 
 import psutil
 from _bench_tasks import hold, noop, spin, wait_dead
+from _env import machine, reproduce_command
 
 import durableq
 
@@ -616,14 +613,6 @@ def print_targets(targets: list[dict[str, Any]]) -> None:
         print(f"  {t['status']:<5} {t['target']:<54} {_fmt(t['value'], '.3g'):>8}{aim}")
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
 def _version(module: str) -> str:
     try:
         return str(__import__(module).__version__)
@@ -633,30 +622,14 @@ def _version(module: str) -> str:
         return "unknown"
 
 
-def reproduce_command(argv: Iterable[str]) -> str:
-    exe = Path(sys.executable)
-    python = os.path.relpath(exe, REPO) if exe.is_relative_to(REPO) else str(exe)
-    script = os.path.relpath(Path(__file__).resolve(), REPO)
-    return " ".join(shlex.quote(x) for x in (python, script, *argv))
-
-
 def environment(sizes: Sizes, argv: list[str]) -> dict[str, Any]:
-    changed = _git("status", "--porcelain", "--", "durableq")
     return {
-        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": CPUS,
+        **machine(),
         "workers": WORKERS,
         "default_start_method": mp.get_start_method(),
-        "commit": _git("rev-parse", "HEAD"),
-        "durableq_uncommitted_changes": changed.splitlines() if changed != "unknown" else [],
-        "durableq_imported_from": os.path.dirname(durableq.__file__),
         "versions": {m: _version(m) for m in ("durableq", "loky", "pebble", "psutil")},
         "sizes": vars(sizes),
-        "command": reproduce_command(argv),
-        "loadavg_at_start": os.getloadavg(),  # other work on the machine skews every figure
+        "command": reproduce_command(__file__, argv),
     }
 
 

@@ -44,17 +44,14 @@ from __future__ import annotations
 
 import argparse
 import array
-import datetime
 import faulthandler
 import gc
 import json
 import multiprocessing as mp
 import multiprocessing.queues
 import os
-import platform
 import queue
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -70,6 +67,7 @@ from typing import Any
 import diskcache
 import persistqueue
 import psutil
+from _env import machine
 
 import durableq
 
@@ -806,25 +804,10 @@ def print_report(results: dict[str, Any]) -> None:
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in load)}")
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
 def environment(sizes: Sizes) -> dict[str, Any]:
-    changed = _git("status", "--porcelain", "--", "durableq")
     return {
-        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": CPUS,
+        **machine(),
         "start_method": CTX.get_start_method(),
-        "commit": _git("rev-parse", "HEAD"),
-        "durableq_uncommitted_changes": changed.splitlines() if changed != "unknown" else [],
         "versions": {
             "durableq": durableq.__version__,
             "persist-queue": getattr(persistqueue, "__version__", "unknown"),
@@ -832,7 +815,6 @@ def environment(sizes: Sizes) -> dict[str, Any]:
         },
         "sizes": vars(sizes),
         "poll_sleep_s": POLL_S,
-        "loadavg_at_start": os.getloadavg(),  # other work on the machine skews every figure
         "note": "large backlog reduced to 200k by --quick" if sizes.quick else "",
     }
 
