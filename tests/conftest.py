@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import threading
+import unittest
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,29 @@ TIMEOUT = 30.0
 START_METHODS = [
     m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()
 ]
+
+
+class WithStartMethod:
+    """unittest mixin: the class's tests run with ``start_method`` as multiprocessing's
+    default (CPython's suites take the method from there), restored afterwards."""
+
+    start_method: str
+    _old_method: str | None
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        if cls.start_method not in multiprocessing.get_all_start_methods():
+            raise unittest.SkipTest(f"{cls.start_method} is not available here")
+        cls._old_method = multiprocessing.get_start_method(allow_none=True)
+        multiprocessing.set_start_method(cls.start_method, force=True)
+        super().setUpClass()  # type: ignore[misc]
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        try:
+            super().tearDownClass()  # type: ignore[misc]
+        finally:
+            multiprocessing.set_start_method(cls._old_method, force=True)
 
 
 def _durableq_threads() -> list[threading.Thread]:

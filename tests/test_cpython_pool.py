@@ -33,7 +33,7 @@ from test.support import script_helper
 
 import durableq
 
-from .conftest import TIMEOUT
+from .conftest import TIMEOUT, WithStartMethod
 
 EXCLUDED = {
     "test_make_pool": "reads the private list of worker processes (len(p._pool)); its "
@@ -71,13 +71,9 @@ class DurableMixin(cpython.ProcessesMixin):
 
 
 def _make(base: type, start_method: str) -> type[unittest.TestCase]:
-    class Case(base, DurableMixin, unittest.TestCase):  # type: ignore[valid-type, misc]
+    class Case(WithStartMethod, base, DurableMixin, unittest.TestCase):  # type: ignore[valid-type, misc]
         @classmethod
         def setUpClass(cls) -> None:
-            if start_method not in multiprocessing.get_all_start_methods():
-                raise unittest.SkipTest(f"{start_method} is not available here")
-            cls._old_method = multiprocessing.get_start_method(allow_none=True)
-            multiprocessing.set_start_method(start_method, force=True)
             super().setUpClass()
             pool = getattr(cls, "pool", None)  # _TestPool's, shared by the class's tests
             if pool is not None:
@@ -86,13 +82,7 @@ def _make(base: type, start_method: str) -> type[unittest.TestCase]:
                 # check then sees them as the class's, not as left over by that test.
                 pool.apply(int, ("1",))
 
-        @classmethod
-        def tearDownClass(cls) -> None:
-            try:
-                super().tearDownClass()
-            finally:
-                multiprocessing.set_start_method(cls._old_method, force=True)
-
+    Case.start_method = start_method
     for name, why in EXCLUDED.items():
         if hasattr(Case, name):
             setattr(Case, name, unittest.skip(f"excluded: {why}")(getattr(Case, name)))

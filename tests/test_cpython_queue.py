@@ -22,6 +22,8 @@ from test import _test_multiprocessing as cpython
 
 import durableq
 
+from .conftest import WithStartMethod
+
 EXCLUDED = {
     "test_queue_feeder_donot_stop_onexc": "put() raises on unpicklable objects instead of "
     "dropping them in a feeder thread",
@@ -42,19 +44,12 @@ class DurableMixin(cpython.ProcessesMixin):
 
 
 def _make(start_method: str) -> type[unittest.TestCase]:
-    class Case(cpython._TestQueue, DurableMixin, unittest.TestCase):  # type: ignore[misc]
-        @classmethod
-        def setUpClass(cls) -> None:
-            if start_method not in multiprocessing.get_all_start_methods():
-                raise unittest.SkipTest(f"{start_method} is not available here")
-            cls._old_method = multiprocessing.get_start_method(allow_none=True)
-            multiprocessing.set_start_method(start_method, force=True)
-            super().setUpClass()
+    class Case(  # type: ignore[misc]
+        WithStartMethod, cpython._TestQueue, DurableMixin, unittest.TestCase
+    ):
+        pass
 
-        @classmethod
-        def tearDownClass(cls) -> None:
-            super().tearDownClass()
-            multiprocessing.set_start_method(cls._old_method, force=True)
+    Case.start_method = start_method
 
     for name, why in EXCLUDED.items():
         setattr(Case, name, unittest.skip(f"excluded: {why}")(getattr(Case, name)))

@@ -26,7 +26,7 @@ import durableq
 from durableq import InitializerFailed, Pool, WorkerCrashed, _poolcore
 
 from .conftest import TIMEOUT
-from .test_executor import touch, wait_for_file
+from .test_executor import append_line, touch, wait_for_file
 
 # -- task functions: module level, so workers import them by path -----------------------------
 
@@ -77,11 +77,7 @@ def after(args: tuple[str, str, int]) -> int:
 
 
 def record(log: str, i: int) -> int:
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, f"{i}\n".encode())
-    finally:
-        os.close(fd)
+    append_line(log, i)
     return i
 
 
