@@ -40,6 +40,7 @@ from . import _wire as w
 from ._consumers import Consumer, Counters, share
 from ._errors import StoreError
 from ._records import Fault, LeaseToken
+from ._wakeup import Wakeup
 from .store import Store
 
 T = TypeVar("T")
@@ -82,7 +83,7 @@ class Dispatcher(threading.Thread):
         self.counters = Counters()
         self.stopping = False
         self._listener = w.listen(address)
-        self._wake_r, self._wake_w = os.pipe()
+        self._wakeup = Wakeup()
         self._consumers: dict[Connection | None, Consumer] = {}
         self._waiters: collections.deque[Consumer] = collections.deque()
         self._joiners: list[Consumer] = []
@@ -103,10 +104,7 @@ class Dispatcher(threading.Thread):
     def stop(self, timeout: float | None = None) -> None:
         """Stop serving: requeue what consumers hold, close every connection."""
         self.stopping = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass  # already closed: the thread is gone
+        self._wakeup.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
 
@@ -153,11 +151,10 @@ class Dispatcher(threading.Thread):
                 conn.close()
         self._consumers.clear()
         self._listener.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wakeup.close()
 
     def _waitables(self) -> list[Any]:
-        return [self._listener, self._wake_r, *self._consumers]
+        return [self._listener, self._wakeup, *self._consumers]
 
     def _timeout(self) -> float | None:
         timeout = None
@@ -178,8 +175,8 @@ class Dispatcher(threading.Thread):
         if obj is self._listener:
             conn = w.accept(self._listener)
             self._consumers[conn] = Consumer(conn)
-        elif obj == self._wake_r:
-            os.read(self._wake_r, 4096)
+        elif obj is self._wakeup:
+            self._wakeup.clear()
         else:
             consumer = self._consumers[obj]
             try:

@@ -12,7 +12,6 @@ that task's attempt is spent; tasks it had not started go back to the store unco
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from . import _worker
 from ._errors import InitializerFailed, StoreError, TaskTimeout, WorkerCrashed, describe_exit
 from ._records import Fault, Leased, LeaseToken
 from ._task import encode_error, options_of
+from ._wakeup import Wakeup
 from .store import Store
 
 #: A lease outlives any task: the dispatcher itself notices dead workers and timeouts.
@@ -111,9 +111,7 @@ class Dispatcher(threading.Thread):
         self.on_fault = on_fault
         self.on_broken = on_broken
         self.workers: dict[int, _Worker] = {}  # by sentinel
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._wake_lock = threading.Lock()
+        self._wakeup = Wakeup()
         self.idle = False  # True while waiting with nothing to lease: producers wake us
         self.stopping = False  # shutdown asked: finish what the store holds, then exit
         self.killing = False  # kill_workers(): stop every worker now, charge no task
@@ -146,13 +144,7 @@ class Dispatcher(threading.Thread):
     # -- called from other threads ---------------------------------------------------------
 
     def wake(self) -> None:
-        with self._wake_lock:  # never write to a closed (maybe reused) descriptor
-            if self._wake_w < 0:
-                return
-            try:
-                os.write(self._wake_w, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full of wakeups already
+        self._wakeup.set()
 
     def assign_now(self, timeout: float) -> None:
         """Let free workers take what is stored (as ProcessPoolExecutor hands work to its
@@ -217,10 +209,7 @@ class Dispatcher(threading.Thread):
                 self._stop_workers()
                 self._settle()
             finally:
-                with self._wake_lock:
-                    os.close(self._wake_r)
-                    os.close(self._wake_w)
-                    self._wake_w = -1
+                self._wakeup.close()
                 self.on_exit()
 
     def _round(self) -> bool:
@@ -231,7 +220,7 @@ class Dispatcher(threading.Thread):
         busy = [w for w in self.workers.values() if w.task is not None]
         if self.stopping and not busy and not self._has_work():
             return False
-        waits: list[Any] = [self._wake_r, *self.workers]
+        waits: list[Any] = [self._wakeup, *self.workers]
         waits += [w.conn for w in self.workers.values()]
         deadline = min([w.deadline for w in busy] + [float("inf")])
         if self.retry_at:
@@ -246,17 +235,17 @@ class Dispatcher(threading.Thread):
             else:
                 deadline = min(deadline, time.monotonic() + max(0.0, due - time.time()))
         timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
-        ready = wait(waits, timeout)
+        ready: list[Any] = wait(waits, timeout)
         self.idle = False
-        if not ready or self._wake_r in ready:
+        if not ready or self._wakeup in ready:
             self.drained = False  # a timer (a due task) or a wakeup: look at the store
         for obj in ready:
-            if obj == self._wake_r:
-                os.read(self._wake_r, 4096)
+            if obj is self._wakeup:
+                self._wakeup.clear()
             elif isinstance(obj, int):
                 self._exited(self.workers[obj])
             else:
-                self._receive(obj)  # type: ignore[arg-type]
+                self._receive(obj)
         now = time.monotonic()
         for w in busy:
             if w.process.sentinel in self.workers and w.task is not None and w.deadline <= now:
