@@ -18,6 +18,7 @@ from ._errors import (
     StoreTimeout,
     TaskAbandoned,
     TaskTimeout,
+    UnsafePath,
     WorkerCrashed,
 )
 from ._executor import Executor, TaskFuture, TaskOptions
@@ -60,6 +61,7 @@ __all__ = [
     "TaskFuture",
     "TaskOptions",
     "TaskTimeout",
+    "UnsafePath",
     "WorkerCrashed",
     "__version__",
     "inspect",

@@ -25,6 +25,35 @@ class ConfigurationError(DurableQError, ValueError):
     """An option or combination of options that cannot work."""
 
 
+class UnsafePath(DurableQError, PermissionError):
+    """Another user could write to the queue directory (or replace it), and so plant a
+    record that runs code when it is read. Pass ``trusted=True`` to open it anyway.
+
+    Attributes:
+        path: the directory or file at fault.
+        why: what is wrong with it.
+        fix: a command or step that makes it safe.
+        queue: the queue directory, when ``path`` is one of its parents.
+    """
+
+    def __init__(self, path: str, why: str, fix: str, queue: str | None = None) -> None:
+        self.path = path
+        self.why = why
+        self.fix = fix
+        self.queue = queue
+        where = f"queue {queue} is unsafe: its parent {path}" if queue else f"queue path {path}"
+        super().__init__(
+            f"{where}: {why}; fix: {fix}, or pass trusted=True if every user who can "
+            "write there is trusted (see docs/security.md)"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[type[UnsafePath], tuple[str, str, str, str | None]]:
+        return (type(self), (self.path, self.why, self.fix, self.queue))
+
+
 class QueueLocked(DurableQError):
     """Another live process owns the queue at ``path``.
 

@@ -163,6 +163,8 @@ class Executor(futures.Executor):
         timeout: seconds a task may run before its worker is killed (default: no limit).
         wait_for_owner: wait for another process owning ``path`` to exit, instead of
             raising ``QueueLocked``.
+        trusted: open ``path`` even if another user could write to it (dangerous:
+            docs/security.md); otherwise that raises ``UnsafePath``.
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class Executor(futures.Executor):
         max_attempts: int = 3,
         timeout: float | None = None,
         wait_for_owner: bool = False,
+        trusted: bool = False,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -203,7 +206,11 @@ class Executor(futures.Executor):
         ctx = mp_context
         durable = path is not None
         store, lock, lock_dir, _ = claim(
-            path, None if durable else MemoryStore(), sync="normal", wait=wait_for_owner
+            path,
+            None if durable else MemoryStore(),
+            sync="normal",
+            wait=wait_for_owner,
+            trusted=trusted,
         )
         self._store: Store = store
         self._earlier = store.counts().put_total  # ids up to here belong to earlier runs

@@ -16,29 +16,38 @@ from typing import Any
 from ._dispatcher import Dispatcher
 from ._lock import OwnerLock
 from ._records import Fault
+from ._security import make_directory
 from .store import DiskcacheStore, Store
 
 
 def claim(
-    path: str | os.PathLike[str] | None, store: Store | None, *, sync: str, wait: bool
+    path: str | os.PathLike[str] | None,
+    store: Store | None,
+    *,
+    sync: str,
+    wait: bool,
+    trusted: bool = False,
 ) -> tuple[Store, OwnerLock | None, str, str | None]:
     """Lock the queue directory, open its store and requeue every lease of a dead owner.
 
     Returns the store, the lock (None for a store with no directory), the directory and
     the temporary directory to remove at shutdown (when ``path`` was None).
+
+    Raises:
+        UnsafePath: another user could write to the directory (unless ``trusted``).
     """
     tmpdir = None
     if store is None:
         if path is None:
             path = tmpdir = tempfile.mkdtemp(prefix="durableq-")
         lock_dir = os.path.abspath(os.fspath(path))
-        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        make_directory(lock_dir, trusted=trusted)  # checked before anything is read
     else:
         lock_dir = getattr(store, "path", "")
     lock = OwnerLock(lock_dir, wait=wait) if lock_dir else None
     try:
         if store is None:
-            store = DiskcacheStore(lock_dir, sync=sync)
+            store = DiskcacheStore(lock_dir, sync=sync, trusted=trusted)
         elif not isinstance(store, Store):
             raise TypeError(f"store must implement durableq.Store, not {type(store).__name__}")
         store.requeue_expired(float("inf"))  # leases of earlier owners: all of them died

@@ -63,6 +63,8 @@ class Pool:
         max_attempts: runs of a task whose worker dies, before its result raises
             ``WorkerCrashed``.
         context: multiprocessing context for the workers (default: the current one).
+        trusted: open ``path`` even if another user could write to it (dangerous:
+            docs/security.md); otherwise that raises ``UnsafePath``.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Pool:
         path: str | os.PathLike[str] | None = None,
         max_attempts: int = 3,
         context: Any = None,
+        trusted: bool = False,
     ) -> None:
         if processes is None:
             processes = os.cpu_count() or 1
@@ -98,6 +101,7 @@ class Pool:
             max_tasks_per_child=maxtasksperchild,
             path=path,
             max_attempts=max_attempts,
+            trusted=trusted,
         )
         self.path = self._executor.path
         self._core = Core(self._executor, processes, options)

@@ -76,9 +76,12 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         wait_for_owner: wait for the current owner of ``path`` to exit instead of raising
             ``QueueLocked``.
         store: a ``Store`` to use instead of ``DiskcacheStore(path)``.
+        trusted: open ``path`` even if another user could write to it. Dangerous: whoever
+            can write a record can run code in every reader (docs/security.md).
 
     Raises:
         QueueLocked: another live process owns ``path``.
+        UnsafePath: another user could write to ``path`` (and ``trusted`` is False).
         ConfigurationError: contradictory or invalid options.
     """
 
@@ -99,6 +102,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         visibility_timeout: float = 60.0,
         wait_for_owner: bool = False,
         store: Store | None = None,
+        trusted: bool = False,
     ) -> None:
         if ack not in _ACK_MODES:
             raise ConfigurationError(f"ack must be one of {_ACK_MODES}, not {ack!r}")
@@ -112,7 +116,9 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         ctx = ctx or multiprocessing.get_context()
         super().__init__(maxsize, ctx=ctx)
 
-        store, lock, lock_dir, tmpdir = claim(path, store, sync=sync, wait=wait_for_owner)
+        store, lock, lock_dir, tmpdir = claim(
+            path, store, sync=sync, wait=wait_for_owner, trusted=trusted
+        )
 
         self._shared = _Shared(
             address=w.new_address(),
