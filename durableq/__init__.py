@@ -23,6 +23,7 @@ from ._errors import (
 )
 from ._executor import Executor, TaskFuture, TaskOptions
 from ._inspect import Inspector, inspect
+from ._lazy import Lazy, Sample, Sampler
 from ._message import Message
 from ._pool import Pool
 from ._queue import JoinableQueue, Queue
@@ -42,6 +43,7 @@ __all__ = [
     "InitializerFailed",
     "Inspector",
     "JoinableQueue",
+    "Lazy",
     "LeaseToken",
     "Leased",
     "MemoryStore",
@@ -52,6 +54,8 @@ __all__ = [
     "Queue",
     "QueueLocked",
     "QueueNotFound",
+    "Sample",
+    "Sampler",
     "Serializer",
     "State",
     "Store",

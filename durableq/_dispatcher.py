@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from . import _wire as w
 from ._consumers import Consumer, Counters, share
 from ._errors import StoreError
+from ._lazy import ALL, NONE, Gate, Lazy
 from ._records import Fault, LeaseToken
 from ._wakeup import Wakeup
 from .store import Store
@@ -69,6 +70,7 @@ class Dispatcher(threading.Thread):
         take_slot: Callable[[], None] | None,
         hungry: Any,
         name: str,
+        lazy: Lazy | None = None,
     ) -> None:
         super().__init__(name=f"durableq-dispatcher-{name}", daemon=True)
         self.store = store
@@ -98,6 +100,9 @@ class Dispatcher(threading.Thread):
         self._bury: list[LeaseToken] = []
         self._maybe_ready = True
         self._store_failing = False
+        #: Lazy mode: holds new leases while the machine is overloaded (hold and resume go
+        #: to the fault log, not the fault Event: nothing failed).
+        self.gate = Gate(lazy, store.record_fault) if lazy is not None else None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -167,6 +172,9 @@ class Dispatcher(threading.Thread):
         if self._waiters and self._next_due is not None:
             due = max(0.0, self._next_due - time.time())
             timeout = due if timeout is None else min(timeout, due)
+        recheck = self.gate.recheck_in() if self.gate is not None and self._waiters else None
+        if recheck is not None:
+            timeout = recheck if timeout is None else min(timeout, recheck)
         return timeout
 
     # -- input ------------------------------------------------------------------------------
@@ -258,6 +266,7 @@ class Dispatcher(threading.Thread):
             "consumers": sum(1 for c in self._consumers.values() if c.authed),
             "owner_pid": os.getpid(),
             **vars(self.counters),
+            **(self.gate.stats() if self.gate is not None else {}),
         }
 
     def _settle(
@@ -400,6 +409,9 @@ class Dispatcher(threading.Thread):
             self._joiners.clear()
 
     def _deliver(self) -> None:
+        band = self.gate.admit() if self.gate is not None else ALL
+        if band == NONE:
+            return  # lazy mode holds: _timeout wakes us for the next check
         now = time.time()
         wanted = sum(c.credit for c in self._waiters)
         leased = self.store.lease(self.owner_id, wanted, now=now, ttl=self.ttl)

@@ -20,6 +20,7 @@ from concurrent import futures
 from typing import Any
 
 from ._errors import TaskAbandoned
+from ._lazy import Gate, Lazy, lazy_of
 from ._owner import claim
 from ._records import Fault
 from ._schedule import due_of, priority_of
@@ -165,6 +166,8 @@ class Executor(futures.Executor):
             raising ``QueueLocked``.
         trusted: open ``path`` even if another user could write to it (dangerous:
             docs/security.md); otherwise that raises ``UnsafePath``.
+        lazy: a ``durableq.Lazy`` (or True for its defaults): start no new task while the
+            machine is overloaded; running tasks are not affected.
     """
 
     def __init__(
@@ -180,7 +183,9 @@ class Executor(futures.Executor):
         timeout: float | None = None,
         wait_for_owner: bool = False,
         trusted: bool = False,
+        lazy: Lazy | bool | None = None,
     ) -> None:
+        lazy_limits = lazy_of(lazy)
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         elif not isinstance(max_workers, int) or max_workers <= 0:
@@ -227,6 +232,10 @@ class Executor(futures.Executor):
             fault_event.set()
             store.record_fault(fault)
 
+        def note(fault: Fault) -> None:  # logged, but nothing failed: the Event stays clear
+            state.faults.append(fault)
+            store.record_fault(fault)
+
         self._dispatcher = Dispatcher(
             store,
             ctx=ctx,
@@ -240,6 +249,7 @@ class Executor(futures.Executor):
             begin=state.begin,
             on_fault=on_fault,
             on_broken=state.break_all,
+            gate=Gate(lazy_limits, note) if lazy_limits is not None else None,
         )
         self._max_workers = max_workers
         self._dispatcher.on_exit = _closer(self._dispatcher, store, state, lock)
@@ -410,6 +420,7 @@ class Executor(futures.Executor):
             "crashes": d.crashes,
             "timeouts": d.timeouts,
             "stale_outcomes": d.stale,
+            **(d.gate.stats() if d.gate is not None else {}),
         }
 
     # -- shutting down ------------------------------------------------------------------------

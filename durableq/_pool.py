@@ -41,6 +41,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from ._executor import SUBMIT_BATCH, Executor
+from ._lazy import Lazy
 from ._poolcore import APPLY, MAP, STARMAP, STOP, Call, Core, batch_for, feed
 from ._poolresults import AsyncResult, IMapIterator, MapResult
 from ._task import check_options, encode_call
@@ -65,6 +66,8 @@ class Pool:
         context: multiprocessing context for the workers (default: the current one).
         trusted: open ``path`` even if another user could write to it (dangerous:
             docs/security.md); otherwise that raises ``UnsafePath``.
+        lazy: a ``durableq.Lazy`` (or True): start no new task while the machine is
+            overloaded.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Pool:
         max_attempts: int = 3,
         context: Any = None,
         trusted: bool = False,
+        lazy: Lazy | bool | None = None,
     ) -> None:
         if processes is None:
             processes = os.cpu_count() or 1
@@ -102,6 +106,7 @@ class Pool:
             path=path,
             max_attempts=max_attempts,
             trusted=trusted,
+            lazy=lazy,
         )
         self.path = self._executor.path
         self._core = Core(self._executor, processes, options)

@@ -31,6 +31,7 @@ from . import _wire as w
 from ._client import Client
 from ._dispatcher import Dispatcher, read_store
 from ._errors import ConfigurationError, DurableQError, OwnerGone, StoreError
+from ._lazy import Lazy, lazy_of
 from ._message import Message
 from ._owner import claim, fault_recorder, release_slot, shutdown_owner
 from ._records import Fault, LeaseToken, Priority
@@ -78,6 +79,8 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         store: a ``Store`` to use instead of ``DiskcacheStore(path)``.
         trusted: open ``path`` even if another user could write to it. Dangerous: whoever
             can write a record can run code in every reader (docs/security.md).
+        lazy: a ``durableq.Lazy`` (or True for its defaults): hold new deliveries while
+            the machine is overloaded; messages already handed out are not affected.
 
     Raises:
         QueueLocked: another live process owns ``path``.
@@ -103,6 +106,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         wait_for_owner: bool = False,
         store: Store | None = None,
         trusted: bool = False,
+        lazy: Lazy | bool | None = None,
     ) -> None:
         if ack not in _ACK_MODES:
             raise ConfigurationError(f"ack must be one of {_ACK_MODES}, not {ack!r}")
@@ -113,6 +117,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         if not isinstance(maxsize, int):
             raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
         codec = get_serializer(serializer)
+        lazy_limits = lazy_of(lazy)
         ctx = ctx or multiprocessing.get_context()
         super().__init__(maxsize, ctx=ctx)
 
@@ -151,6 +156,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             take_slot=(lambda: sem.acquire(False)) if self._bounded else None,
             hungry=self._shared.hungry,
             name=os.path.basename(lock_dir) if lock_dir else "memory",
+            lazy=lazy_limits,
         )
         self._dispatcher.start()
         self._shutdown = util.Finalize(

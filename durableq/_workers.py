@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from . import _worker
 from ._errors import InitializerFailed, StoreError, TaskTimeout, WorkerCrashed, describe_exit
+from ._lazy import ALL, Gate
 from ._records import Fault, Leased, LeaseToken
 from ._task import encode_error, options_of
 from ._wakeup import Wakeup
@@ -96,6 +97,7 @@ class Dispatcher(threading.Thread):
         begin: Callable[[int], bool],
         on_fault: Callable[[Fault], None],
         on_broken: Callable[[BrokenExecutor], None],
+        gate: Gate | None = None,
     ) -> None:
         super().__init__(name=f"durableq-executor-{name}", daemon=True)
         self.store = store
@@ -110,6 +112,7 @@ class Dispatcher(threading.Thread):
         self.begin = begin
         self.on_fault = on_fault
         self.on_broken = on_broken
+        self.gate = gate  # lazy mode: no new task starts while the machine is overloaded
         self.workers: dict[int, _Worker] = {}  # by sentinel
         self._wakeup = Wakeup()
         self.idle = False  # True while waiting with nothing to lease: producers wake us
@@ -225,6 +228,9 @@ class Dispatcher(threading.Thread):
         deadline = min([w.deadline for w in busy] + [float("inf")])
         if self.retry_at:
             deadline = min(deadline, self.retry_at)
+        recheck = self.gate.recheck_in() if self.gate is not None else None
+        if recheck is not None:
+            deadline = min(deadline, time.monotonic() + recheck)
         # Idle (set by _assign): the store ran dry with workers free; sleep until a
         # producer wakes us or the earliest scheduled task is due.
         if self.idle and self.maybe_scheduled and not (self.cancel or self.retry_at):
@@ -281,6 +287,8 @@ class Dispatcher(threading.Thread):
         ]
         if not slots:
             return
+        if self.gate is not None and self.gate.admit() != ALL:
+            return  # held: tasks leased ahead wait too; _round wakes us for the next check
         # Idle before looking at the store: a put from now on wakes us (nudge), so slots
         # left free after this lease need no second look before sleeping.
         self.idle = True
