@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class State(IntEnum):
@@ -17,6 +17,7 @@ class State(IntEnum):
     DONE = 4
     FAILED = 5
     DEAD = 6
+    EXPIRED = 7  #: not delivered before its ``ttl`` / ``expires_at``; never runs
 
 
 class Priority(IntEnum):
@@ -47,7 +48,7 @@ class Leased(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Counts:
-    """Message counts and lifetime totals of a store."""
+    """Message counts per state and lifetime totals of a store."""
 
     ready: int
     in_flight: int
@@ -55,10 +56,48 @@ class Counts:
     put_total: int
     acked_total: int
     scheduled: int = 0  #: stored, waiting for their due time
+    done: int = 0  #: finished and kept as history
+    expired: int = 0  #: not delivered before their expiry; kept as history
+    late_total: int = 0  #: deliveries made after the message's deadline
+    #: ready plus scheduled messages per band: ``{"high": n, "medium": n, "low": n}``
+    by_priority: dict[str, int] = field(default_factory=dict)
+    next_due: float | None = None  #: epoch time the next scheduled message comes due
+    oldest_ready_age: float | None = None  #: seconds the oldest ready message has waited
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         """The counts as the ``stats()`` keys every queue, executor and reader share."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class Failure(NamedTuple):
+    """One failed attempt, as the durable failure log keeps it."""
+
+    time: float
+    id: int  #: the message (task) id
+    name: str  #: the task's function, or "" for a plain message
+    attempt: int
+    cause: str  #: "error" (raised or nacked), "crash" (its process died), "timeout"
+    type: str  #: exception type name ("" when there was none)
+    message: str
+    traceback: str
+    pid: int  #: the consumer or worker process, 0 when unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored message as the reading verbs return it (``history``, ``dead_letters``)."""
+
+    id: int
+    state: State
+    priority: Priority
+    due: float
+    attempts: int
+    created: float
+    finished: float | None  #: when it was acked, expired or buried
+    deadline: float | None
+    expires: float | None
+    late: bool  #: delivered after its deadline
+    body: Any  #: bytes from a store; the decoded object from a queue
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from durableq._policy import Retention
 from durableq import DiskcacheStore, LeaseToken, MemoryStore, Priority, Store, StoreError
 
 T0 = 1_000.0
@@ -166,6 +167,7 @@ class TestDiskcacheStore(StoreContract):
 
     def test_acked_rows_are_collected_from_the_message_file(self, tmp_path: Path) -> None:
         s = DiskcacheStore(tmp_path / "q")
+        s.retention = Retention.of(0)  # history off: acked rows go
         s.put_many([b"x"] * 300)
         s.ack([x.token for x in s.lease("me", 300, now=T0, ttl=30)])
         s.collect()
@@ -224,6 +226,7 @@ def test_concurrent_puts_share_commits(tmp_path: Path) -> None:
 
 def test_ids_are_never_reused_after_the_queue_drains(tmp_path: Path) -> None:
     s = DiskcacheStore(tmp_path / "q")
+    s.retention = Retention.of(0)
     for _ in range(3):
         (id_,) = s.put_many([b"x"])
         (leased,) = s.lease("me", 1, now=T0, ttl=30)

@@ -29,11 +29,13 @@ from typing import Any, ClassVar, Final
 import diskcache
 
 from .._errors import ConfigurationError, StoreError
-from .._records import Counts, Fault, Leased, LeaseToken, Priority, State
+from .._policy import Retention
+from .._records import Fault, Leased, LeaseToken, Priority, State
 from .._security import DATABASES, create_private, make_directory, tighten
 from ._sqlite import SYNC, Busy, SQLiteFiles, guarded
+from ._sqlite_policy import PolicyVerbs
 
-FORMAT: Final = 1
+FORMAT: Final = 2
 _FORMAT_KEY: Final = "durableq.format"
 _DB: Final = "cache.db"  # diskcache's database file name
 _LEDGER: Final = "owner.db"
@@ -42,9 +44,10 @@ _LEDGER: Final = "owner.db"
 #: takes the producers' lock less often.
 GC_BATCH: Final = 256
 
-_READY, _IN_FLIGHT, _DONE, _DEAD = (
-    int(s) for s in (State.READY, State.IN_FLIGHT, State.DONE, State.DEAD)
+_READY, _IN_FLIGHT, _DONE, _DEAD, _EXPIRED = (
+    int(s) for s in (State.READY, State.IN_FLIGHT, State.DONE, State.DEAD, State.EXPIRED)
 )
+_HIGH: Final = int(Priority.HIGH)
 
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS dq_message (
@@ -56,49 +59,82 @@ CREATE TABLE IF NOT EXISTS dq_message (
     attempts INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     body BLOB NOT NULL,
-    error BLOB
+    error BLOB,
+    deadline REAL,
+    bump REAL,
+    expires REAL,
+    finished REAL,
+    flags INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS dq_message_order ON dq_message (state, priority, due, id);
+CREATE INDEX IF NOT EXISTS dq_message_bump ON dq_message (bump) WHERE bump IS NOT NULL;
+CREATE INDEX IF NOT EXISTS dq_message_expires ON dq_message (expires) WHERE expires IS NOT NULL;
+CREATE INDEX IF NOT EXISTS dq_message_finished ON dq_message (finished)
+    WHERE finished IS NOT NULL;
+CREATE INDEX IF NOT EXISTS dq_message_tombstone ON dq_message (id)
+    WHERE state = {_DONE} AND finished IS NULL;
 CREATE TABLE IF NOT EXISTS dq_fault (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
 );
 """
 _LEDGER_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS dq_delivery (
-    id INTEGER PRIMARY KEY, attempts INTEGER NOT NULL, state INTEGER NOT NULL, expiry REAL
+    id INTEGER PRIMARY KEY, attempts INTEGER NOT NULL, state INTEGER NOT NULL,
+    expiry REAL,  -- in flight: lease deadline; finished: when
+    errors INTEGER NOT NULL DEFAULT 0, crashes INTEGER NOT NULL DEFAULT 0,
+    timeouts INTEGER NOT NULL DEFAULT 0, flags INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS dq_delivery_state ON dq_delivery (state);
 CREATE TABLE IF NOT EXISTS dq_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS dq_result (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
 INSERT OR IGNORE INTO dq_meta VALUES ('acked_total', 0);
+INSERT OR IGNORE INTO dq_meta VALUES ('late_total', 0);
+CREATE TABLE IF NOT EXISTS dq_failure (
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, msg INTEGER NOT NULL, name TEXT NOT NULL,
+    attempt INTEGER NOT NULL, cause TEXT NOT NULL, type TEXT NOT NULL, message TEXT NOT NULL,
+    traceback TEXT NOT NULL, pid INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dq_failure_time ON dq_failure (time);
+CREATE INDEX IF NOT EXISTS dq_failure_msg ON dq_failure (msg);
 """
 
 _INSERT: Final = (
-    f"INSERT INTO dq_message (state, priority, due, created, body) VALUES ({_READY}, ?, ?, ?, ?)"
+    "INSERT INTO dq_message (state, priority, due, created, body, deadline, bump, expires) "
+    f"VALUES ({_READY}, ?, ?, ?, ?, ?, ?, ?)"
 )
+_TOMBSTONE: Final = (
+    f"UPDATE dq_message SET state = {_DONE}, body = x'', finished = NULL, bump = NULL, "
+    "expires = NULL WHERE id = ?"
+)
+#: History rows collected between two retention trims.
+TRIM_EVERY: Final = 1024
 # Run on the ledger connection, with the message file attached as "q".
 _CANDIDATES: Final = f"""
-SELECT m.id, coalesce(d.attempts, m.attempts), m.body
+SELECT m.id, coalesce(d.attempts, m.attempts), m.body, m.deadline
   FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
  WHERE m.state = {_READY} AND m.due <= ? AND (d.state IS NULL OR d.state = {_READY})
+   AND (m.expires IS NULL OR m.expires > ?)
  ORDER BY m.priority, m.due, m.id LIMIT ?
 """
-_LEASE: Final = f"INSERT OR REPLACE INTO dq_delivery VALUES (?, ?, {_IN_FLIGHT}, ?)"
+# An upsert, not a replace: a redelivery keeps the message's failure counters.
+_LEASE: Final = f"""
+INSERT INTO dq_delivery (id, attempts, state, expiry, flags) VALUES (?, ?, {_IN_FLIGHT}, ?, ?)
+ON CONFLICT (id) DO UPDATE SET attempts = excluded.attempts, state = {_IN_FLIGHT},
+    expiry = excluded.expiry, flags = flags | excluded.flags
+"""
+LATE: Final = 1  #: flags bit: delivered after its deadline
 _SETTLE: Final = (
-    "UPDATE dq_delivery SET state = ?, expiry = NULL "
+    "UPDATE dq_delivery SET state = ?, expiry = ? "
     f"WHERE id = ? AND attempts = ? AND state = {_IN_FLIGHT}"
 )
 
+# A discarded message leaves no history: finished (expiry) stays NULL.
 _DISCARD: Final = f"""
-INSERT OR REPLACE INTO dq_delivery
+INSERT OR REPLACE INTO dq_delivery (id, attempts, state, expiry)
 SELECT m.id, coalesce(d.attempts, m.attempts), {_DONE}, NULL
   FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
  WHERE m.id = ? AND m.state = {_READY} AND (d.state IS NULL OR d.state = {_READY})
 """
-# A scheduled message has never been leased (a lease needs it due): no ledger join.
-_NEXT_DUE: Final = (
-    f"SELECT min(due) FROM q.dq_message WHERE state = {_READY} AND priority = ? AND due > ?"
-)
 _UNFINISHED: Final = f"""
 SELECT m.id FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
  WHERE m.id <= ? AND m.state = {_READY} AND (d.state IS NULL OR d.state IN ({_READY}, {_IN_FLIGHT}))
@@ -106,7 +142,7 @@ SELECT m.id FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
 """
 
 
-class DiskcacheStore(SQLiteFiles):
+class DiskcacheStore(PolicyVerbs, SQLiteFiles):
     """Messages in a diskcache directory; survives SIGKILL of any process (``sync="full"``:
     also power loss).
 
@@ -213,7 +249,14 @@ class DiskcacheStore(SQLiteFiles):
 
     @guarded
     def put_many(
-        self, payloads: Sequence[bytes], *, priority: int = Priority.MEDIUM, due: float = 0.0
+        self,
+        payloads: Sequence[bytes],
+        *,
+        priority: int = Priority.MEDIUM,
+        due: float = 0.0,
+        deadline: float | None = None,
+        bump: float | None = None,
+        expires: float | None = None,
     ) -> list[int]:
         """Commit ``payloads``; concurrent callers in this process share one transaction.
 
@@ -222,7 +265,11 @@ class DiskcacheStore(SQLiteFiles):
         ``sync="full"``) instead of one each.
         """
         now = time.time()
-        slot = _Slot([(priority, due, now, payload) for payload in payloads])
+        if bump is not None and bump <= now:
+            priority, bump = _HIGH, None  # already within its deadline window
+        slot = _Slot(
+            [(priority, due, now, payload, deadline, bump, expires) for payload in payloads]
+        )
         with self._group_lock:
             self._group.append(slot)
             lead = not self._leading
@@ -275,22 +322,35 @@ class DiskcacheStore(SQLiteFiles):
     def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
         con = self._ledger()
         with self._write(con, "BEGIN"):
-            rows = con.execute(_CANDIDATES, (now, n)).fetchall()
-            con.executemany(_LEASE, [(id_, attempts + 1, now + ttl) for id_, attempts, _ in rows])
-        return [Leased(LeaseToken(id_, attempts + 1), body) for id_, attempts, body in rows]
+            rows = con.execute(_CANDIDATES, (now, now, n)).fetchall()
+            late = 0
+            leases = []
+            for id_, attempts, _, deadline in rows:
+                flags = LATE if deadline is not None and deadline < now else 0
+                late += flags
+                leases.append((id_, attempts + 1, now + ttl, flags))
+            con.executemany(_LEASE, leases)
+            if late:
+                con.execute(
+                    "UPDATE dq_meta SET value = value + ? WHERE name = 'late_total'", (late,)
+                )
+        return [Leased(LeaseToken(id_, attempts + 1), body) for id_, attempts, body, _ in rows]
 
     def _settle(
         self, tokens: Sequence[LeaseToken], state: int, results: Sequence[bytes] | None
     ) -> int:
         con = self._ledger()
+        finished = None if state == _READY else time.time()
         with self._write(con, "BEGIN"):
             if results is None:
-                applied: int = con.executemany(_SETTLE, [(state, *t) for t in tokens]).rowcount
+                applied: int = con.executemany(
+                    _SETTLE, [(state, finished, *t) for t in tokens]
+                ).rowcount
             else:
                 kept = [
                     (t.id, r)
                     for t, r in zip(tokens, results, strict=True)
-                    if con.execute(_SETTLE, (state, *t)).rowcount
+                    if con.execute(_SETTLE, (state, finished, *t)).rowcount
                 ]
                 con.executemany("INSERT OR REPLACE INTO dq_result VALUES (?, ?)", kept)
                 applied = len(kept)
@@ -353,17 +413,26 @@ class DiskcacheStore(SQLiteFiles):
 
     @guarded
     def collect(self, *, wait: bool = True) -> int:
-        """Remove acked messages from the message file and bury dead ones there.
+        """Move finished messages out of the delivery order: acked and expired ones into
+        history (or gone, with ``history=0``), dead ones into the dead letters.
 
         With ``wait=False`` it gives up at once if a producer holds the lock; the rows stay
         marked in the ledger and are collected next time. Returns how many were collected.
         """
         ledger = self._ledger()
-        done = self._read(f"SELECT id FROM dq_delivery WHERE state = {_DONE}")
-        dead = self._read(f"SELECT id, attempts FROM dq_delivery WHERE state = {_DEAD}")
-        if not done and not dead:
+        rows = self._read(
+            f"SELECT id, state, attempts, expiry, flags FROM dq_delivery "
+            f"WHERE state IN ({_DONE}, {_DEAD}, {_EXPIRED})"
+        )
+        if not rows:
             self._uncollected = 0
             return 0
+        keep = self.retention.keeps
+        gone = {
+            r[0] for r in rows
+            if (r[1] == _DONE and r[3] is None) or (r[1] != _DEAD and not keep)
+        }
+        kept = [(r[1], r[2], r[3], r[4], r[0]) for r in rows if r[0] not in gone]
         con = self._messages()
         try:
             with self._write(con) if wait else self._try_write(con):
@@ -371,27 +440,31 @@ class DiskcacheStore(SQLiteFiles):
                 # a new row, and an id must never come back (the ledger is keyed by it).
                 # Cheaper than AUTOINCREMENT, which costs a second write on every put.
                 (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
-                con.executemany(
-                    "DELETE FROM dq_message WHERE id = ?", [r for r in done if r[0] != top]
-                )
-                con.execute(f"DELETE FROM dq_message WHERE state = {_DONE} AND id < ?", (top,))
-                if (top,) in done:
+                con.executemany("DELETE FROM dq_message WHERE id = ?", [(i,) for i in gone - {top}])
+                if top in gone:
                     con.execute(
-                        f"UPDATE dq_message SET state = {_DONE}, body = x'' WHERE id = ?", (top,)
+                        f"DELETE FROM dq_message WHERE state = {_DONE} AND finished IS NULL "
+                        "AND id < ?",
+                        (top,),
                     )
+                    con.execute(_TOMBSTONE, (top,))
                 con.executemany(
-                    f"UPDATE dq_message SET state = {_DEAD}, attempts = ? WHERE id = ?",
-                    [(attempts, id_) for id_, attempts in dead],
+                    "UPDATE dq_message SET state = ?, attempts = ?, finished = ?, flags = ?, "
+                    "bump = NULL, expires = NULL WHERE id = ?",
+                    kept,
                 )
+                self._collected += len(kept)
+                if self._collected >= TRIM_EVERY:
+                    self._trim(con, top)
         except Busy:
             return 0
         with self._write(ledger, "BEGIN"):
             ledger.executemany(
-                f"DELETE FROM dq_delivery WHERE id = ? AND state IN ({_DONE}, {_DEAD})",
-                done + [(id_,) for id_, _ in dead],
+                f"DELETE FROM dq_delivery WHERE id = ? AND state IN ({_DONE}, {_DEAD}, {_EXPIRED})",
+                [(r[0],) for r in rows],
             )
         self._uncollected = 0
-        return len(done) + len(dead)
+        return len(rows)
 
     @guarded
     def requeue_expired(self, now: float) -> int:
@@ -410,40 +483,7 @@ class DiskcacheStore(SQLiteFiles):
 
     @guarded
     def has_ready(self, now: float) -> bool:
-        return bool(self._read(_CANDIDATES, (now, 1)))
-
-    @guarded
-    def next_due(self, now: float) -> float | None:
-        # One index seek per priority band: memory and time stay flat however many wait.
-        dues = [
-            row[0]
-            for band in Priority
-            for row in self._read(_NEXT_DUE, (int(band), now))
-            if row[0] is not None
-        ]
-        return min(dues, default=None)
-
-    @guarded
-    def counts(self) -> Counts:
-        waiting = dict(self._read(
-            f"SELECT m.due > ?, count(*) FROM q.dq_message AS m "
-            f"LEFT JOIN dq_delivery AS d ON d.id = m.id "
-            f"WHERE m.state = {_READY} AND (d.state IS NULL OR d.state = {_READY}) GROUP BY 1",
-            (time.time(),),
-        ))
-        ready, scheduled = waiting.get(0, 0), waiting.get(1, 0)
-        ledger = dict(self._read("SELECT state, count(*) FROM dq_delivery GROUP BY state"))
-        (dead,) = self._read(f"SELECT count(*) FROM q.dq_message WHERE state = {_DEAD}")[0]
-        (put_total,) = self._read("SELECT max(id) FROM q.dq_message")[0]
-        (acked,) = self._read("SELECT value FROM dq_meta WHERE name = 'acked_total'")[0]
-        return Counts(
-            ready=ready,
-            in_flight=ledger.get(_IN_FLIGHT, 0),
-            dead=dead + ledger.get(_DEAD, 0),
-            put_total=put_total or 0,
-            acked_total=acked,
-            scheduled=scheduled,
-        )
+        return bool(self._read(_CANDIDATES, (now, now, 1)))
 
     @guarded
     def record_fault(self, fault: Fault) -> None:
@@ -486,6 +526,8 @@ class DiskcacheStore(SQLiteFiles):
         _live.add(self)
         self._local = threading.local()
         self._uncollected = 0
+        self._collected = 0
+        self.retention = Retention()
         self._group = []
         self._group_lock = threading.Lock()
         self._leading = False
@@ -517,7 +559,7 @@ class _Slot:
 
     __slots__ = ("done", "error", "ids", "lead", "rows")
 
-    def __init__(self, rows: list[tuple[int, float, float, bytes]]) -> None:
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
         self.rows = rows
         self.done: threading.Event = None  # type: ignore[assignment]
         self.lead = False

@@ -1,18 +1,22 @@
-"""The in-process reference store: the contract in ~100 lines, and the benchmark baseline.
+"""The in-process reference store: the contract in plain Python, and the benchmark baseline.
 
 Nothing here survives the process; other processes reach it through the queue's owner.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
+import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .._records import Counts, Fault, Leased, LeaseToken, Priority, State
+from .._policy import CAUSES, FailedAttempt, Retention, Verdict, decide
+from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Record, State
+from ._sqlite_policy import FAILURE_LOG_MAX
 
 
 @dataclass(slots=True)
@@ -21,13 +25,26 @@ class _Record:
     priority: int
     due: float
     payload: bytes
+    created: float
+    deadline: float | None = None
+    bump: float | None = None
+    expires: float | None = None
     state: State = State.READY
     attempts: int = 0
     lease_expiry: float = 0.0
+    finished: float | None = None
+    late: bool = False
+    failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
+
+    def public(self, state: State | None = None) -> Record:
+        return Record(
+            self.id, state or self.state, Priority(self.priority), self.due, self.attempts,
+            self.created, self.finished, self.deadline, self.expires, self.late, self.payload,
+        )
 
 
 class MemoryStore:
-    """Messages in a dict and a heap, guarded by one lock."""
+    """Messages in a dict and heaps (delivery order, bumps, expiries), under one lock."""
 
     shared: ClassVar[bool] = False
 
@@ -35,21 +52,51 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._records: dict[int, _Record] = {}
         self._ready: list[tuple[int, float, int]] = []  # heap of (priority, due, id)
+        self._bumps: list[tuple[float, int]] = []
+        self._expiries: list[tuple[float, int]] = []
         self._next_id = 1
         self._acked_total = 0
+        self._late_total = 0
         self._faults: list[Fault] = []
         self._results: dict[int, bytes] = {}
+        self._failures: list[Failure] = []
+        self._history: collections.deque[_Record] = collections.deque()  # oldest first
+        self._rng = random.Random()
+        self.retention = Retention()
 
     def put_many(
-        self, payloads: Sequence[bytes], *, priority: int = Priority.MEDIUM, due: float = 0.0
+        self,
+        payloads: Sequence[bytes],
+        *,
+        priority: int = Priority.MEDIUM,
+        due: float = 0.0,
+        deadline: float | None = None,
+        bump: float | None = None,
+        expires: float | None = None,
     ) -> list[int]:
+        now = time.time()
+        if bump is not None and bump <= now:
+            priority, bump = Priority.HIGH, None
         with self._lock:
             ids = list(range(self._next_id, self._next_id + len(payloads)))
             self._next_id += len(payloads)
             for id_, payload in zip(ids, payloads, strict=True):
-                self._records[id_] = _Record(id_, int(priority), due, bytes(payload))
+                self._records[id_] = _Record(
+                    id_, int(priority), due, bytes(payload), now, deadline, bump, expires
+                )
                 heapq.heappush(self._ready, (int(priority), due, id_))
+                if bump is not None:
+                    heapq.heappush(self._bumps, (bump, id_))
+                if expires is not None:
+                    heapq.heappush(self._expiries, (expires, id_))
         return ids
+
+    def _current(self, entry: tuple[int, float, int]) -> _Record | None:
+        """The record a heap entry stands for, if it is still ready at that place."""
+        rec = self._records.get(entry[2])
+        if rec is None or rec.state != State.READY or (rec.priority, rec.due) != entry[:2]:
+            return None
+        return rec
 
     def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
         out: list[Leased] = []
@@ -57,14 +104,20 @@ class MemoryStore:
         with self._lock:
             while self._ready and len(out) < n:
                 entry = heapq.heappop(self._ready)
+                rec = self._current(entry)
+                if rec is None:
+                    continue  # discarded, moved, or a stale entry
                 if entry[1] > now:
                     not_due.append(entry)  # a later band may still have due messages
                     continue
-                rec = self._records.get(entry[2])
-                if rec is None or rec.state != State.READY:
-                    continue  # discarded, or a stale entry
+                if rec.expires is not None and rec.expires <= now:
+                    self._finish(rec, State.EXPIRED, now)
+                    continue
                 rec.state, rec.lease_expiry = State.IN_FLIGHT, now + ttl
                 rec.attempts += 1
+                if rec.deadline is not None and rec.deadline < now:
+                    rec.late = True
+                    self._late_total += 1
                 out.append(Leased(LeaseToken(rec.id, rec.attempts), rec.payload))
             for entry in not_due:
                 heapq.heappush(self._ready, entry)
@@ -76,16 +129,27 @@ class MemoryStore:
             return None
         return rec
 
+    def _finish(self, rec: _Record, state: State, now: float) -> None:
+        rec.state, rec.finished = state, now
+        if state != State.DEAD:
+            if self.retention.keeps:
+                self._history.append(rec)
+            else:
+                del self._records[rec.id]
+
     def ack(self, tokens: Sequence[LeaseToken], *, results: Sequence[bytes] | None = None) -> int:
         applied = 0
+        now = time.time()
         with self._lock:
             for i, token in enumerate(tokens):
-                if self._leased(token) is not None:
-                    del self._records[token.id]
+                rec = self._leased(token)
+                if rec is not None:
+                    self._finish(rec, State.DONE, now)
                     if results is not None:
                         self._results[token.id] = bytes(results[i])
                     applied += 1
             self._acked_total += applied
+            self._trim(now)
         return applied
 
     def nack(
@@ -96,24 +160,61 @@ class MemoryStore:
         results: Sequence[bytes] | None = None,
     ) -> int:
         applied = 0
+        now = time.time()
         with self._lock:
             for i, token in enumerate(tokens):
                 rec = self._leased(token)
                 if rec is not None:
-                    self._release(rec, State.READY if requeue else State.DEAD)
+                    if requeue:
+                        self._release(rec)
+                    else:
+                        self._finish(rec, State.DEAD, now)
                     if results is not None:
                         self._results[token.id] = bytes(results[i])
                     applied += 1
         return applied
+
+    def fail(self, attempts: Sequence[FailedAttempt], *, now: float) -> list[Verdict | None]:
+        out: list[Verdict | None] = []
+        with self._lock:
+            for a in attempts:
+                rec = self._leased(a.token)
+                if rec is None:
+                    out.append(None)
+                    continue
+                rec.failed[a.cause] += 1
+                verdict = decide(
+                    a.policy, cause=a.cause, count=rec.failed[a.cause], retryable=a.retryable,
+                    delay=a.delay, priority=rec.priority, due=rec.due, now=now, rng=self._rng,
+                )
+                rec.priority, rec.due = verdict.priority, verdict.due
+                if verdict.retry:
+                    self._release(rec)
+                else:
+                    self._finish(rec, State.DEAD, now)
+                    if a.result is not None:
+                        self._results[rec.id] = bytes(a.result)
+                if a.failure is not None:
+                    self._failures.append(a.failure)
+                out.append(verdict)
+            self._trim(now)
+        return out
+
+    def failures(
+        self, *, since: float | None = None, limit: int | None = None, id: int | None = None
+    ) -> list[Failure]:
+        with self._lock:
+            found = [
+                f for f in self._failures
+                if (since is None or f.time >= since) and (id is None or f.id == id)
+            ]
+        return found[-limit:] if limit else ([] if limit == 0 else found)
 
     def discard(self, ids: Sequence[int]) -> int:
         with self._lock:
             gone = {i for i in ids if (r := self._records.get(i)) and r.state == State.READY}
             for i in gone:
                 del self._records[i]
-            if gone:
-                self._ready = [e for e in self._ready if e[2] not in gone]
-                heapq.heapify(self._ready)
         return len(gone)
 
     def unfinished(self, upto: int) -> list[int]:
@@ -131,10 +232,9 @@ class MemoryStore:
         with self._lock:
             return sum(self._results.pop(i, None) is not None for i in ids)
 
-    def _release(self, rec: _Record, state: State) -> None:
-        rec.state = state
-        if state == State.READY:
-            heapq.heappush(self._ready, (rec.priority, rec.due, rec.id))
+    def _release(self, rec: _Record) -> None:
+        rec.state = State.READY
+        heapq.heappush(self._ready, (rec.priority, rec.due, rec.id))
 
     def requeue_expired(self, now: float) -> int:
         with self._lock:
@@ -143,39 +243,138 @@ class MemoryStore:
                 if r.state == State.IN_FLIGHT and r.lease_expiry < now
             ]
             for rec in expired:
-                self._release(rec, State.READY)
+                self._release(rec)
         return len(expired)
+
+    def tick(self, now: float) -> int:
+        changed = 0
+        with self._lock:
+            while self._bumps and self._bumps[0][0] <= now:
+                _, id_ = heapq.heappop(self._bumps)
+                rec = self._records.get(id_)
+                if rec is not None and rec.bump is not None:
+                    rec.bump = None
+                    rec.priority = int(Priority.HIGH)
+                    if rec.state == State.READY:
+                        heapq.heappush(self._ready, (rec.priority, rec.due, rec.id))
+                    changed += 1
+            while self._expiries and self._expiries[0][0] <= now:
+                _, id_ = heapq.heappop(self._expiries)
+                rec = self._records.get(id_)
+                if rec is not None and rec.state == State.READY:
+                    self._finish(rec, State.EXPIRED, now)
+                    changed += 1
+        return changed
 
     def has_ready(self, now: float) -> bool:
         with self._lock:
             return any(
-                due <= now and (r := self._records.get(id_)) is not None
-                and r.state == State.READY
-                for _, due, id_ in self._ready
+                entry[1] <= now and (r := self._current(entry)) is not None
+                and (r.expires is None or r.expires > now)
+                for entry in self._ready
             )
 
     def next_due(self, now: float) -> float | None:
         with self._lock:
-            return min(
-                (r.due for r in self._records.values() if r.state == State.READY and r.due > now),
-                default=None,
-            )
+            dues = [
+                r.due for r in self._records.values() if r.state == State.READY and r.due > now
+            ]
+            dues += [b for b, i in self._bumps[:1]]
+            dues += [e for e, i in self._expiries if e > now][:1]
+            return min(dues, default=None)
 
     def counts(self) -> Counts:
         now = time.time()
         with self._lock:
-            states = [r.state for r in self._records.values()]
-            waiting = sum(
-                1 for r in self._records.values() if r.state == State.READY and r.due > now
-            )
-            return Counts(
-                scheduled=waiting,
-                ready=states.count(State.READY) - waiting,
-                in_flight=states.count(State.IN_FLIGHT),
-                dead=states.count(State.DEAD),
-                put_total=self._next_id - 1,
-                acked_total=self._acked_total,
-            )
+            recs = list(self._records.values())
+        waiting = [
+            r for r in recs
+            if r.state == State.READY and (r.expires is None or r.expires > now)
+        ]
+        ready = [r for r in waiting if r.due <= now]
+        by_priority = {p.name.lower(): 0 for p in Priority}
+        for r in waiting:
+            by_priority[Priority(r.priority).name.lower()] += 1
+        states = [r.state for r in recs]
+        return Counts(
+            ready=len(ready),
+            in_flight=states.count(State.IN_FLIGHT),
+            dead=states.count(State.DEAD),
+            put_total=self._next_id - 1,
+            acked_total=self._acked_total,
+            scheduled=len(waiting) - len(ready),
+            done=states.count(State.DONE),
+            expired=states.count(State.EXPIRED),
+            late_total=self._late_total,
+            by_priority=by_priority,
+            next_due=self.next_due(now),
+            oldest_ready_age=max((now - r.created for r in ready), default=None),
+        )
+
+    def records(
+        self, states: Sequence[State], *, since: float | None = None, limit: int | None = None
+    ) -> list[Record]:
+        with self._lock:
+            found = [
+                r.public() for r in self._records.values()
+                if r.state in states and r.finished is not None
+                and (since is None or r.finished >= since)
+            ]
+        found.sort(key=lambda r: (r.finished, r.id), reverse=True)
+        return found[:limit] if limit is not None else found
+
+    def record(self, id: int) -> Record | None:
+        with self._lock:
+            rec = self._records.get(id)
+            if rec is None:
+                return None
+            waiting = rec.state == State.READY and rec.due > time.time()
+            return rec.public(State.SCHEDULED if waiting else None)
+
+    def revive(self, ids: Sequence[int] | None, *, now: float) -> list[int]:
+        with self._lock:
+            dead = [r for r in self._records.values() if r.state == State.DEAD]
+            if ids is not None:
+                wanted = set(ids)
+                dead = [r for r in dead if r.id in wanted]
+            for rec in sorted(dead, key=lambda r: r.id):
+                rec.finished, rec.due = None, now
+                rec.failed = dict.fromkeys(CAUSES, 0)
+                self._results.pop(rec.id, None)
+                self._release(rec)
+        return sorted(r.id for r in dead)
+
+    def purge(self, states: Sequence[State], *, older_than: float | None = None) -> int:
+        limit = older_than if older_than is not None else float("inf")
+        with self._lock:
+            gone = [
+                r.id for r in self._records.values()
+                if r.state in states and r.finished is not None and r.finished < limit
+            ]
+            for i in gone:
+                del self._records[i]
+                self._results.pop(i, None)
+            if gone:
+                self._history = collections.deque(
+                    x for x in self._history if self._records.get(x.id) is x
+                )
+        return len(gone)
+
+    def _trim(self, now: float) -> None:
+        r = self.retention
+        cutoff = now - r.age if r.age is not None else float("-inf")
+        history = self._history
+        while history and (
+            (r.count is not None and len(history) > r.count)
+            or (history[0].finished or now) < cutoff
+        ):
+            old = history.popleft()
+            if self._records.get(old.id) is old:
+                del self._records[old.id]
+        if len(self._failures) > 2 * FAILURE_LOG_MAX or (
+            self._failures and self._failures[0].time < cutoff
+        ):
+            self._failures = [f for f in self._failures[-FAILURE_LOG_MAX:] if f.time >= cutoff]
 
     def record_fault(self, fault: Fault) -> None:
         with self._lock:

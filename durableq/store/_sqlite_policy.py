@@ -1,0 +1,335 @@
+"""The embedded store's failure-policy, scheduling and history verbs (a mixin of
+``DiskcacheStore``): retries and dead letters, deadline bumps and expiry, the failure log,
+history reads and repairs, and the counts behind ``stats()``.
+
+Everything here runs on the ledger connection, which has the message file attached as
+``q``; a verb that changes both files writes them in one transaction.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from .._policy import CAUSES, FailedAttempt, Verdict, decide
+from .._records import Counts, Failure, Priority, Record, State
+from ._sqlite import guarded
+
+if TYPE_CHECKING:
+    from .._policy import Retention
+
+_READY, _IN_FLIGHT, _DONE, _DEAD, _EXPIRED = (
+    int(s) for s in (State.READY, State.IN_FLIGHT, State.DONE, State.DEAD, State.EXPIRED)
+)
+#: The failure log keeps at most this many entries (and no older than the history age).
+FAILURE_LOG_MAX: Final = 100_000
+_WAITING: Final = f"m.state = {_READY} AND (d.state IS NULL OR d.state = {_READY})"
+_RECORD: Final = (
+    "SELECT id, state, priority, due, attempts, created, finished, deadline, expires, flags, "
+    "body FROM q.dq_message"
+)
+_EXPIRE: Final = f"""
+INSERT INTO dq_delivery (id, attempts, state, expiry)
+SELECT m.id, coalesce(d.attempts, m.attempts), {_EXPIRED}, ?
+  FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
+ WHERE m.expires <= ? AND {_WAITING}
+ON CONFLICT (id) DO UPDATE SET state = {_EXPIRED}, expiry = excluded.expiry
+"""
+
+
+def _record(row: Sequence[Any]) -> Record:
+    id_, state, priority, due, attempts, created, finished, deadline, expires, flags, body = row
+    return Record(
+        id_, State(state), Priority(priority), due, attempts, created, finished, deadline,
+        expires, bool(flags & 1), body,
+    )
+
+
+class PolicyVerbs:
+    """Mixed into ``DiskcacheStore``; relies on its connections and transactions."""
+
+    retention: Retention
+    _uncollected: int
+    _rng = random.Random()
+
+    if TYPE_CHECKING:
+        def _ledger(self) -> sqlite3.Connection: ...
+        def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
+        def _write(self, con: sqlite3.Connection, begin: str = ...) -> Any: ...
+        def collect(self, *, wait: bool = True) -> int: ...
+
+    # -- failures -------------------------------------------------------------------------
+
+    @guarded
+    def fail(self, attempts: Sequence[FailedAttempt], *, now: float) -> list[Verdict | None]:
+        """Apply failed attempts under their policies: retry (maybe later, maybe demoted)
+        or bury as dead; log each one. Stale tokens get ``None`` and change nothing."""
+        if not attempts:
+            return []
+        con = self._ledger()
+        out: list[Verdict | None] = []
+        with self._write(con, "BEGIN"):
+            for a in attempts:
+                row = con.execute(
+                    "SELECT d.attempts, d.state, d.errors, d.crashes, d.timeouts, m.priority, "
+                    "m.due FROM dq_delivery AS d JOIN q.dq_message AS m ON m.id = d.id "
+                    "WHERE d.id = ?",
+                    (a.token.id,),
+                ).fetchone()
+                if row is None or row[0] != a.token.attempt or row[1] != _IN_FLIGHT:
+                    out.append(None)
+                    continue
+                counters = dict(zip(CAUSES, row[2:5], strict=True))
+                counters[a.cause] += 1
+                verdict = decide(
+                    a.policy, cause=a.cause, count=counters[a.cause], retryable=a.retryable,
+                    delay=a.delay, priority=row[5], due=row[6], now=now, rng=self._rng,
+                )
+                state = _READY if verdict.retry else _DEAD
+                con.execute(
+                    "UPDATE dq_delivery SET state = ?, expiry = ?, errors = ?, crashes = ?, "
+                    "timeouts = ? WHERE id = ?",
+                    (state, None if verdict.retry else now, *counters.values(), a.token.id),
+                )
+                if (verdict.priority, verdict.due) != (row[5], row[6]):
+                    con.execute(
+                        "UPDATE q.dq_message SET priority = ?, due = ? WHERE id = ?",
+                        (verdict.priority, verdict.due, a.token.id),
+                    )
+                if not verdict.retry:
+                    self._uncollected += 1
+                    if a.result is not None:
+                        con.execute(
+                            "INSERT OR REPLACE INTO dq_result VALUES (?, ?)",
+                            (a.token.id, a.result),
+                        )
+                if a.failure is not None:
+                    con.execute(
+                        "INSERT INTO dq_failure (time, msg, name, attempt, cause, type, "
+                        "message, traceback, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        a.failure,
+                    )
+                out.append(verdict)
+        return out
+
+    @guarded
+    def failures(
+        self, *, since: float | None = None, limit: int | None = None, id: int | None = None
+    ) -> list[Failure]:
+        """Logged failed attempts, oldest first: since a time, of one message, the newest
+        ``limit``."""
+        where, args = ["time >= ?"], [since if since is not None else float("-inf")]
+        if id is not None:
+            where.append("msg = ?")
+            args.append(id)
+        rows = self._read(
+            "SELECT time, msg, name, attempt, cause, type, message, traceback, pid "
+            f"FROM dq_failure WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            (*args, -1 if limit is None else limit),
+        )
+        return [Failure(*r) for r in reversed(rows)]
+
+    # -- time: deadlines and expiry ----------------------------------------------------------
+
+    @guarded
+    def tick(self, now: float) -> int:
+        """Bump messages whose deadline window opened to HIGH and expire undelivered ones
+        past their expiry. Returns how many changed; writes nothing when none is due."""
+        bump = self._read("SELECT 1 FROM q.dq_message WHERE bump <= ? LIMIT 1", (now,))
+        expire = self._read(
+            "SELECT 1 FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id "
+            f"WHERE m.expires <= ? AND {_WAITING} LIMIT 1",
+            (now,),
+        )
+        if not (bump or expire):
+            return 0
+        con = self._ledger()
+        with self._write(con, "BEGIN"):
+            changed: int = con.execute(
+                f"UPDATE q.dq_message SET priority = {int(Priority.HIGH)}, bump = NULL "
+                "WHERE bump <= ?",
+                (now,),
+            ).rowcount
+            expired: int = con.execute(_EXPIRE, (now, now)).rowcount if expire else 0
+        self._uncollected += expired
+        return changed + expired
+
+    @guarded
+    def next_due(self, now: float) -> float | None:
+        """The earliest time after ``now`` when something changes: a scheduled message
+        comes due, a deadline window opens, an expiry passes. One index seek each, so time
+        and memory stay flat however many messages wait."""
+        events = [
+            row[0]
+            for band in Priority
+            for row in self._read(
+                f"SELECT min(due) FROM q.dq_message WHERE state = {_READY} AND priority = ? "
+                "AND due > ?",
+                (int(band), now),
+            )
+        ]
+        events += [r[0] for r in self._read("SELECT min(bump) FROM q.dq_message")]
+        events += [
+            r[0] for r in self._read(
+                "SELECT min(expires) FROM q.dq_message WHERE expires > ?", (now,)
+            )
+        ]
+        return min((e for e in events if e is not None), default=None)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @guarded
+    def counts(self) -> Counts:
+        now = time.time()
+        waiting = self._read(
+            "SELECT m.due > ?, m.priority, count(*), min(m.created) FROM q.dq_message AS m "
+            f"LEFT JOIN dq_delivery AS d ON d.id = m.id WHERE {_WAITING} "
+            "AND (m.expires IS NULL OR m.expires > ?) GROUP BY 1, 2",
+            (now, now),
+        )
+        ready = sum(n for later, _, n, _ in waiting if not later)
+        oldest = min((c for later, _, _, c in waiting if not later), default=None)
+        by_priority = {p.name.lower(): 0 for p in Priority}
+        for _, band, n, _ in waiting:
+            by_priority[Priority(band).name.lower()] += n
+        ledger = dict(self._read("SELECT state, count(*) FROM dq_delivery GROUP BY state"))
+        kept = dict(self._read(
+            "SELECT state, count(*) FROM q.dq_message WHERE finished IS NOT NULL GROUP BY state"
+        ))
+        (put_total,) = self._read("SELECT max(id) FROM q.dq_message")[0]
+        meta = dict(self._read("SELECT name, value FROM dq_meta"))
+        return Counts(
+            ready=ready,
+            in_flight=ledger.get(_IN_FLIGHT, 0),
+            dead=kept.get(_DEAD, 0) + ledger.get(_DEAD, 0),
+            put_total=put_total or 0,
+            acked_total=meta["acked_total"],
+            scheduled=sum(n for later, _, n, _ in waiting if later),
+            done=kept.get(_DONE, 0) + (ledger.get(_DONE, 0) if self.retention.keeps else 0),
+            expired=kept.get(_EXPIRED, 0) + ledger.get(_EXPIRED, 0),
+            late_total=meta.get("late_total", 0),
+            by_priority=by_priority,
+            next_due=self.next_due(now),
+            oldest_ready_age=None if oldest is None else max(0.0, now - oldest),
+        )
+
+    @guarded
+    def records(
+        self,
+        states: Sequence[State],
+        *,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Finished messages (done, expired, dead) in ``states``, newest first."""
+        if self._uncollected:
+            self.collect()
+        marks = ",".join("?" * len(states))
+        rows = self._read(
+            f"{_RECORD} WHERE finished >= ? AND state IN ({marks}) "
+            "ORDER BY finished DESC, id DESC LIMIT ?",
+            (since if since is not None else float("-inf"), *map(int, states),
+             -1 if limit is None else limit),
+        )
+        return [_record(r) for r in rows]
+
+    @guarded
+    def record(self, id: int) -> Record | None:
+        """One stored message, whatever its state (its state as the ledger says)."""
+        rows = self._read(f"{_RECORD} WHERE id = ? AND length(body) > 0", (id,))
+        if not rows:
+            return None
+        row = list(rows[0])
+        ledger = self._read("SELECT state, attempts FROM dq_delivery WHERE id = ?", (id,))
+        if ledger:
+            row[1], row[4] = ledger[0]
+        elif row[1] == _READY and row[3] > time.time():
+            row[1] = int(State.SCHEDULED)
+        return _record(row)
+
+    # -- repairs -----------------------------------------------------------------------------
+
+    @guarded
+    def revive(self, ids: Sequence[int] | None, *, now: float) -> list[int]:
+        """Dead messages (all when ``ids`` is None) back to ready, with fresh failure
+        budgets; returns the ids revived."""
+        self.collect()
+        con = self._ledger()
+        with self._write(con, "BEGIN"):
+            if ids is None:
+                found = [i for (i,) in con.execute(
+                    f"SELECT id FROM q.dq_message WHERE state = {_DEAD} ORDER BY id"
+                )]
+            else:
+                found = [i for i in ids if con.execute(
+                    f"SELECT 1 FROM q.dq_message WHERE id = ? AND state = {_DEAD}", (i,)
+                ).fetchone()]
+            con.executemany(
+                f"UPDATE q.dq_message SET state = {_READY}, finished = NULL, due = ? "
+                "WHERE id = ?",
+                [(now, i) for i in found],
+            )
+            con.executemany("DELETE FROM dq_delivery WHERE id = ?", [(i,) for i in found])
+            con.executemany("DELETE FROM dq_result WHERE id = ?", [(i,) for i in found])
+        return found
+
+    @guarded
+    def purge(self, states: Sequence[State], *, older_than: float | None = None) -> int:
+        """Delete finished messages in ``states`` that finished before ``older_than``
+        (all of them when None); returns how many."""
+        self.collect()
+        con = self._ledger()
+        marks = ",".join("?" * len(states))
+        with self._write(con, "BEGIN"):
+            (top,) = con.execute("SELECT max(id) FROM q.dq_message").fetchone()
+            ids = [i for (i,) in con.execute(
+                f"SELECT id FROM q.dq_message WHERE finished < ? AND state IN ({marks})",
+                (older_than if older_than is not None else float("inf"), *map(int, states)),
+            )]
+            self._delete(con, ids, top)
+        return len(ids)
+
+    def _delete(self, con: sqlite3.Connection, ids: Sequence[int], top: int | None) -> None:
+        con.executemany("DELETE FROM q.dq_message WHERE id = ?", [(i,) for i in ids if i != top])
+        con.executemany("DELETE FROM dq_result WHERE id = ?", [(i,) for i in ids])
+        if top in ids:  # the newest id stays taken: see collect()
+            con.execute(
+                f"UPDATE q.dq_message SET state = {_DONE}, body = x'', finished = NULL "
+                "WHERE id = ?",
+                (top,),
+            )
+
+    def _trim(self, con: sqlite3.Connection, top: int) -> None:
+        """Apply the retention policy to history; ``con`` is the message file, in a write
+        transaction."""
+        self._collected = 0
+        r = self.retention
+        history = f"finished IS NOT NULL AND state IN ({_DONE}, {_EXPIRED})"
+        ids: set[int] = set()
+        if r.age is not None:
+            ids.update(i for (i,) in con.execute(
+                f"SELECT id FROM dq_message WHERE {history} AND finished < ?",
+                (time.time() - r.age,),
+            ))
+        if r.count is not None:
+            ids.update(i for (i,) in con.execute(
+                f"SELECT id FROM dq_message WHERE {history} "
+                "ORDER BY finished DESC LIMIT -1 OFFSET ?",
+                (r.count,),
+            ))
+        con.executemany("DELETE FROM dq_message WHERE id = ?", [(i,) for i in ids if i != top])
+        if top in ids:
+            con.execute(
+                f"UPDATE dq_message SET state = {_DONE}, body = x'', finished = NULL WHERE id = ?",
+                (top,),
+            )
+        cutoff = time.time() - r.age if r.age is not None else float("-inf")
+        self._ledger().execute(
+            "DELETE FROM dq_failure WHERE time < ? OR id <= "
+            "(SELECT max(id) FROM dq_failure) - ?",
+            (cutoff, FAILURE_LOG_MAX),
+        )
+    _collected: int
