@@ -7,7 +7,10 @@ process held is delivered again.
 
 from __future__ import annotations
 
+from ._commands import CommandQueue, PendingCommand
 from ._errors import (
+    CommandNotFound,
+    CommandStateError,
     ConfigurationError,
     DurableQError,
     InitializerFailed,
@@ -29,11 +32,15 @@ from ._pool import Pool
 from ._queue import JoinableQueue, Queue
 from ._records import Counts, Fault, Leased, LeaseToken, Priority, State
 from ._serializer import Serializer
-from .store import DiskcacheStore, MemoryStore, Store
+from .store import CommandStore, DiskcacheStore, MemoryStore, Store
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CommandNotFound",
+    "CommandQueue",
+    "CommandStateError",
+    "CommandStore",
     "ConfigurationError",
     "Counts",
     "DiskcacheStore",
@@ -49,6 +56,7 @@ __all__ = [
     "MemoryStore",
     "Message",
     "OwnerGone",
+    "PendingCommand",
     "Pool",
     "Priority",
     "Queue",

@@ -160,6 +160,35 @@ class InitializerFailed(DurableQError, BrokenExecutor):
     """
 
 
+class CommandNotFound(DurableQError, LookupError):
+    """No command with this id was ever enqueued in this command queue."""
+
+    def __init__(self, command_id: int) -> None:
+        self.command_id = command_id
+        super().__init__(f"no command {command_id} in this command queue")
+
+    def __reduce__(self) -> tuple[type[CommandNotFound], tuple[int]]:
+        return (type(self), (self.command_id,))
+
+
+class CommandStateError(DurableQError):
+    """The command exists (or existed) but its state forbids the operation.
+
+    Attributes:
+        command_id: the command.
+        why: its state, e.g. ``"delivered, cancelled or cleaned up after expiring"``.
+    """
+
+    def __init__(self, command_id: int, operation: str, why: str) -> None:
+        self.command_id = command_id
+        self.operation = operation
+        self.why = why
+        super().__init__(f"cannot {operation} command {command_id}: {why}")
+
+    def __reduce__(self) -> tuple[type[CommandStateError], tuple[int, str, str]]:
+        return (type(self), (self.command_id, self.operation, self.why))
+
+
 def describe_exit(exitcode: int | None) -> str:
     """``exit code 3`` or ``signal SIGKILL``: how a process ended, for messages."""
     if exitcode is None:

@@ -20,7 +20,7 @@ from ._errors import UnsafePath
 
 #: Files durableq keeps in a queue directory; SQLite adds ``-wal`` and ``-shm`` beside
 #: each database and gives them the database file's permissions.
-DATABASES: Final = ("cache.db", "owner.db")
+DATABASES: Final = ("cache.db", "owner.db", "commands.db")
 FILES: Final = (*DATABASES, "owner.lock", "key")
 
 

@@ -2,7 +2,8 @@
 
 The queue owns serialization, leases in memory and policy; a store owns only durable state.
 Stores: ``DiskcacheStore`` (default, embedded SQLite through diskcache) and ``MemoryStore``
-(in-process reference and benchmark baseline).
+(in-process reference and benchmark baseline). Both also implement ``CommandStore``, the
+per-target command state behind ``durableq.CommandQueue``.
 """
 
 from __future__ import annotations
@@ -102,7 +103,16 @@ class Store(Protocol):
         ...
 
 
+from ._commandstore import CommandCounts, CommandRow, CommandStore, CommandWatch  # noqa: E402
 from ._diskcache import DiskcacheStore  # noqa: E402
 from ._memory import MemoryStore  # noqa: E402
 
-__all__ = ["DiskcacheStore", "MemoryStore", "Store"]
+__all__ = [
+    "CommandCounts",
+    "CommandRow",
+    "CommandStore",
+    "CommandWatch",
+    "DiskcacheStore",
+    "MemoryStore",
+    "Store",
+]

@@ -33,6 +33,7 @@ from .._policy import Retention
 from .._records import Fault, Leased, LeaseToken, Priority, State
 from .._security import DATABASES, create_private, make_directory, tighten
 from ._sqlite import SYNC, Busy, SQLiteFiles, guarded
+from ._sqlite_commands import SQLiteCommands
 from ._sqlite_policy import PolicyVerbs
 
 FORMAT: Final = 2
@@ -142,7 +143,7 @@ SELECT m.id FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
 """
 
 
-class DiskcacheStore(PolicyVerbs, SQLiteFiles):
+class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
     """Messages in a diskcache directory; survives SIGKILL of any process (``sync="full"``:
     also power loss).
 

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from .._policy import CAUSES, FailedAttempt, Retention, Verdict, decide
 from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Record, State
+from ._memory_commands import MemoryCommands
 from ._sqlite_policy import FAILURE_LOG_MAX
 
 
@@ -43,7 +44,7 @@ class _Record:
         )
 
 
-class MemoryStore:
+class MemoryStore(MemoryCommands):
     """Messages in a dict and heaps (delivery order, bumps, expiries), under one lock."""
 
     shared: ClassVar[bool] = False
