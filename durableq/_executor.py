@@ -21,6 +21,7 @@ from typing import Any
 
 from ._errors import TaskAbandoned
 from ._lazy import Gate, Lazy, lazy_of
+from ._limits import MemoryWatch, auto_size, memory_limits
 from ._owner import claim
 from ._records import Fault
 from ._schedule import due_of, priority_of
@@ -152,7 +153,10 @@ class Executor(futures.Executor):
     """A ``ProcessPoolExecutor`` that loses no task and never breaks.
 
     Args:
-        max_workers: worker processes (default ``os.cpu_count()``).
+        max_workers: worker processes (default ``os.cpu_count()``); ``"auto"``: one per
+            CPU as far as available memory allows (``hard_worker_memory``,
+            ``max_worker_memory`` or 256 MiB each), shrinking by one worker at a time while
+            less than 10% of memory is available and growing back above 25%.
         mp_context: multiprocessing context for the workers (default: the current one).
         initializer, initargs: run in each worker before its first task; if it raises, the
             executor is broken (``InitializerFailed``) and its tasks stay stored.
@@ -168,11 +172,15 @@ class Executor(futures.Executor):
             docs/security.md); otherwise that raises ``UnsafePath``.
         lazy: a ``durableq.Lazy`` (or True for its defaults): start no new task while the
             machine is overloaded; running tasks are not affected.
+        max_worker_memory: bytes or a size (``"1GB"``, ``"512MiB"``): a worker whose RSS
+            is over it after a task is replaced (as with ``max_tasks_per_child``).
+        hard_worker_memory: a worker whose RSS is over it while it runs a task is killed;
+            the attempt counts as a crash (``WorkerCrashed`` after ``max_attempts``).
     """
 
     def __init__(
         self,
-        max_workers: int | None = None,
+        max_workers: int | str | None = None,
         mp_context: Any = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
@@ -184,10 +192,16 @@ class Executor(futures.Executor):
         wait_for_owner: bool = False,
         trusted: bool = False,
         lazy: Lazy | bool | None = None,
+        max_worker_memory: int | str | None = None,
+        hard_worker_memory: int | str | None = None,
     ) -> None:
         lazy_limits = lazy_of(lazy)
+        soft, hard = memory_limits(max_worker_memory, hard_worker_memory)
+        auto = max_workers == "auto"
         if max_workers is None:
             max_workers = os.cpu_count() or 1
+        elif auto:
+            max_workers = auto_size(soft, hard)
         elif not isinstance(max_workers, int) or max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
@@ -250,6 +264,12 @@ class Executor(futures.Executor):
             on_fault=on_fault,
             on_broken=state.break_all,
             gate=Gate(lazy_limits, note) if lazy_limits is not None else None,
+            memory=(
+                MemoryWatch(soft, hard, max_workers if auto else None)
+                if soft or hard or auto
+                else None
+            ),
+            note=note,
         )
         self._max_workers = max_workers
         self._dispatcher.on_exit = _closer(self._dispatcher, store, state, lock)
@@ -416,11 +436,12 @@ class Executor(futures.Executor):
         d = self._dispatcher
         return {
             **self._store.counts().as_dict(),
-            "workers": self._max_workers,
+            "workers": d.size,
             "crashes": d.crashes,
             "timeouts": d.timeouts,
             "stale_outcomes": d.stale,
             **(d.gate.stats() if d.gate is not None else {}),
+            **(d.memory.stats() if d.memory is not None else {}),
         }
 
     # -- shutting down ------------------------------------------------------------------------

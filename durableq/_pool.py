@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 from ._executor import SUBMIT_BATCH, Executor
 from ._lazy import Lazy
+from ._limits import auto_size, memory_limits
 from ._poolcore import APPLY, MAP, STARMAP, STOP, Call, Core, batch_for, feed
 from ._poolresults import AsyncResult, IMapIterator, MapResult
 from ._task import check_options, encode_call
@@ -68,11 +69,13 @@ class Pool:
             docs/security.md); otherwise that raises ``UnsafePath``.
         lazy: a ``durableq.Lazy`` (or True): start no new task while the machine is
             overloaded.
+        max_worker_memory, hard_worker_memory: worker memory limits, as for ``Executor``
+            (``processes="auto"`` too).
     """
 
     def __init__(
         self,
-        processes: int | None = None,
+        processes: int | str | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
         maxtasksperchild: int | None = None,
@@ -82,9 +85,16 @@ class Pool:
         context: Any = None,
         trusted: bool = False,
         lazy: Lazy | bool | None = None,
+        max_worker_memory: int | str | None = None,
+        hard_worker_memory: int | str | None = None,
     ) -> None:
         if processes is None:
             processes = os.cpu_count() or 1
+        auto = processes == "auto"
+        if auto:
+            processes = auto_size(*memory_limits(max_worker_memory, hard_worker_memory))
+        elif isinstance(processes, str):
+            raise ValueError(f'processes must be a number or "auto", not {processes!r}')
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (
@@ -98,7 +108,7 @@ class Pool:
         options = check_options(None, max_attempts)
         self._processes = processes
         self._executor = Executor(
-            processes,
+            "auto" if auto else processes,
             mp_context=context,
             initializer=initializer,
             initargs=tuple(initargs),
@@ -107,6 +117,8 @@ class Pool:
             max_attempts=max_attempts,
             trusted=trusted,
             lazy=lazy,
+            max_worker_memory=max_worker_memory,
+            hard_worker_memory=hard_worker_memory,
         )
         self.path = self._executor.path
         self._core = Core(self._executor, processes, options)

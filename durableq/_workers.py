@@ -24,6 +24,7 @@ from typing import Any, Final
 from . import _worker
 from ._errors import InitializerFailed, StoreError, TaskTimeout, WorkerCrashed, describe_exit
 from ._lazy import ALL, Gate
+from ._limits import MemoryWatch, describe
 from ._records import Fault, Leased, LeaseToken
 from ._task import encode_error, options_of
 from ._wakeup import Wakeup
@@ -98,6 +99,8 @@ class Dispatcher(threading.Thread):
         on_fault: Callable[[Fault], None],
         on_broken: Callable[[BrokenExecutor], None],
         gate: Gate | None = None,
+        memory: MemoryWatch | None = None,
+        note: Callable[[Fault], None] | None = None,
     ) -> None:
         super().__init__(name=f"durableq-executor-{name}", daemon=True)
         self.store = store
@@ -113,6 +116,8 @@ class Dispatcher(threading.Thread):
         self.on_fault = on_fault
         self.on_broken = on_broken
         self.gate = gate  # lazy mode: no new task starts while the machine is overloaded
+        self.memory = memory  # worker memory limits; the "auto" pool size
+        self.note = note or on_fault  # logged, but not a failure (recycled, shrunk)
         self.workers: dict[int, _Worker] = {}  # by sentinel
         self._wakeup = Wakeup()
         self.idle = False  # True while waiting with nothing to lease: producers wake us
@@ -231,6 +236,8 @@ class Dispatcher(threading.Thread):
         recheck = self.gate.recheck_in() if self.gate is not None else None
         if recheck is not None:
             deadline = min(deadline, time.monotonic() + recheck)
+        if busy and self.memory is not None and self.memory.polls:
+            deadline = min(deadline, time.monotonic() + self.memory.poll_in())
         # Idle (set by _assign): the store ran dry with workers free; sleep until a
         # producer wakes us or the earliest scheduled task is due.
         if self.idle and self.maybe_scheduled and not (self.cancel or self.retry_at):
@@ -252,6 +259,8 @@ class Dispatcher(threading.Thread):
                 self._exited(self.workers[obj])
             else:
                 self._receive(obj)
+        if busy and self.memory is not None and self.memory.polls:
+            self._watch_memory(busy)
         now = time.monotonic()
         for w in busy:
             if w.process.sentinel in self.workers and w.task is not None and w.deadline <= now:
@@ -370,6 +379,11 @@ class Dispatcher(threading.Thread):
         if self.failures:
             self.failures.pop(token.id, None)
         self.settled.acks.append((token, frame[_worker.FRAME.size :]))
+        if self.memory is not None and w.budget > 0:
+            size = self.memory.over_soft(w.process.pid)
+            if size is not None:
+                self._retire(w, f"RSS {describe(size)} > max_worker_memory "
+                                f"{describe(self.memory.soft or 0)} after task {token.id}")
 
     def _exited(self, w: _Worker) -> None:
         self._receive(w.conn)  # an outcome sent just before exiting still counts
@@ -388,7 +402,9 @@ class Dispatcher(threading.Thread):
             # Idle, or killed before it started its first task: no attempt is spent.
             self._requeue_unstarted(w, started=0)
             self._died_idle(w, code)
-        if not self.stopping or self._has_work():
+        if self.memory is not None:
+            self.memory.forget(w.process.pid)
+        if (not self.stopping or self._has_work()) and len(self.workers) < self.size:
             self._spawn()
 
     def _died_idle(self, w: _Worker, code: int | None) -> None:
@@ -411,12 +427,69 @@ class Dispatcher(threading.Thread):
             self._requeue_unstarted(w, started=1)
         self._spawn()
 
+    # -- memory limits (see _limits.py) --------------------------------------------------------
+
+    def _retire(self, w: _Worker, why: str) -> None:
+        """The worker takes nothing new, finishes what it holds and exits (then replaced
+        unless the pool shrank)."""
+        w.budget = 0
+        try:
+            w.conn.send_bytes(b"")
+        except OSError:
+            pass  # already gone: its sentinel says so
+        self.note(Fault("worker-recycled", time.time(), f"worker {w.process.pid}: {why}"))
+
+    def _watch_memory(self, busy: list[_Worker]) -> None:
+        memory = self.memory
+        assert memory is not None
+        running = {
+            w.process.pid: w
+            for w in busy
+            if w.process.sentinel in self.workers and w.task is not None
+        }
+        over = memory.poll(list(running))
+        if over is None:
+            return  # not due yet
+        for pid, size in over:
+            self._killed_for_memory(running[pid], size)
+        size = memory.resize(self.size)
+        if size < self.size:
+            self.size = size
+            live = [w for w in self.workers.values() if w.budget > 0]
+            if live:
+                why = f"memory pressure: pool shrinks to {size} worker(s)"
+                self._retire(min(live, key=lambda w: len(w.tasks)), why)
+        elif size > self.size:
+            self.size = size
+            self._spawn()
+
+    def _killed_for_memory(self, w: _Worker, size: int) -> None:
+        w.process.kill()
+        w.process.join()
+        self._receive(w.conn)  # outcomes sent before the kill still count
+        task = w.task
+        del self.workers[w.process.sentinel]
+        w.conn.close()
+        why = (f"killed with RSS {describe(size)} > hard_worker_memory "
+               f"{describe(self.memory.hard or 0) if self.memory else '?'}")
+        if task is not None and tuple(w.running) == task.token:
+            self.crashes += 1
+            self._failed(task, w.process.exitcode, timeout=None, why=why)
+            self._requeue_unstarted(w, started=1)
+        else:
+            self._requeue_unstarted(w, started=0)
+            self.note(Fault("worker-recycled", time.time(), f"worker {w.process.pid} {why}"))
+        if len(self.workers) < self.size:
+            self._spawn()
+
     def _requeue_unstarted(self, w: _Worker, started: int) -> None:
         for queued in list(w.tasks)[started:]:
             self.settled.requeue.append(queued.token)
         w.tasks.clear()
 
-    def _failed(self, task: Leased, exitcode: int | None, timeout: float | None) -> None:
+    def _failed(
+        self, task: Leased, exitcode: int | None, timeout: float | None, why: str = ""
+    ) -> None:
         token = task.token
         limit = options_of(task.payload).max_attempts
         attempt = self.failures[token.id] = self.failures.get(token.id, 0) + 1
@@ -424,7 +497,7 @@ class Dispatcher(threading.Thread):
             f"task {token.id} ran past its {timeout:g} s timeout; worker killed"
             if timeout
             else f"worker died ({describe_exit(exitcode)}) running task {token.id}"
-        )
+        ) + (f": {why}" if why else "")
         self.on_fault(
             Fault("task-timeout" if timeout else "worker-crashed", time.time(),
                   f"{what} (attempt {attempt} of {limit})")

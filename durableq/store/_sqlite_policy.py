@@ -8,6 +8,7 @@ Everything here runs on the ledger connection, which has the message file attach
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import time
@@ -332,4 +333,98 @@ class PolicyVerbs:
             "(SELECT max(id) FROM dq_failure) - ?",
             (cutoff, FAILURE_LOG_MAX),
         )
+
+    # -- the command line's reads and repairs (durableq ls, doctor) ------------------------
+
+    @guarded
+    def listing(
+        self, states: Sequence[State], *, now: float, after: int = 0, limit: int = 100
+    ) -> list[Record]:
+        """Messages in ``states`` with ids above ``after``, ascending, at most ``limit``: one
+        page of a keyset walk. Finished ones are listed whether or not the owner has
+        collected them yet. Each state's query is an index range stopped by ``limit``, so a
+        page costs the same whatever the backlog."""
+        rows: list[Any] = []
+        args = {"now": now, "after": after, "limit": limit}
+        for state in set(states):
+            for query in _LISTING.get(State(state), ()):
+                rows += self._read(f"{_LISTED} {query}", args)  # type: ignore[arg-type]
+        rows.sort(key=lambda r: r[0])
+        return [_record(r) for r in rows[:limit]]
+
+    @guarded
+    def expired_leases(self, before: float, limit: int = 100) -> list[tuple[int, float]]:
+        """``(id, lease expiry)`` of in-flight messages whose lease ran out before
+        ``before``, oldest id first: leases a live owner should have taken back."""
+        rows = self._read(
+            f"SELECT id, expiry FROM dq_delivery WHERE state = {_IN_FLIGHT} AND expiry < ? "
+            "ORDER BY id LIMIT ?",
+            (before, limit),
+        )
+        return [(i, e) for i, e in rows]
+
+    @guarded
+    def quarantine(self, ids: Sequence[int], *, now: float, reason: str) -> list[int]:
+        """Bury waiting (ready or scheduled) messages among ``ids`` as dead, logging
+        ``reason`` as their failure; in-flight and finished ones are left alone. Returns the
+        ids buried. ``revive`` brings them back."""
+        con = self._ledger()
+        done: list[int] = []
+        with self._write(con, "BEGIN"):
+            for i in ids:
+                row = con.execute(
+                    "SELECT coalesce(d.attempts, m.attempts) FROM q.dq_message AS m "
+                    f"LEFT JOIN dq_delivery AS d ON d.id = m.id WHERE m.id = ? AND {_WAITING}",
+                    (i,),
+                ).fetchone()
+                if row is None:
+                    continue
+                con.execute(
+                    "INSERT INTO dq_delivery (id, attempts, state, expiry) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, "
+                    "expiry = excluded.expiry",
+                    (i, row[0], _DEAD, now),
+                )
+                con.execute(
+                    "INSERT INTO dq_failure (time, msg, name, attempt, cause, type, message, "
+                    "traceback, pid) VALUES (?, ?, '', ?, 'error', 'Quarantined', ?, '', ?)",
+                    (now, i, row[0], reason, os.getpid()),
+                )
+                done.append(i)
+        self._uncollected += len(done)
+        return done
+
     _collected: int
+
+
+_LISTED: Final = f"""
+SELECT m.id,
+       CASE WHEN d.state IS NOT NULL AND d.state != {_READY} THEN d.state
+            WHEN m.state = {_READY} AND m.due > :now THEN {int(State.SCHEDULED)}
+            ELSE m.state END,
+       m.priority, m.due, coalesce(d.attempts, m.attempts), m.created,
+       coalesce(m.finished, CASE WHEN d.state != {_IN_FLIGHT} THEN d.expiry END),
+       m.deadline, m.expires, m.flags | coalesce(d.flags, 0), m.body
+"""
+_M_FIRST: Final = "FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id WHERE"
+_D_FIRST: Final = "FROM dq_delivery AS d JOIN q.dq_message AS m ON m.id = d.id WHERE"
+_PAGE_M: Final = "AND m.id > :after ORDER BY m.id LIMIT :limit"
+_PAGE_D: Final = "AND d.id > :after ORDER BY d.id LIMIT :limit"
+
+
+def _finished(state: int) -> tuple[str, str]:
+    # Collected into the message file, or still only in the ledger.
+    return (
+        f"{_M_FIRST} m.state = {state} AND m.finished IS NOT NULL {_PAGE_M}",
+        f"{_D_FIRST} d.state = {state} AND m.state = {_READY} {_PAGE_D}",
+    )
+
+
+_LISTING: Final[dict[State, tuple[str, ...]]] = {
+    State.READY: (f"{_M_FIRST} {_WAITING} AND m.due <= :now {_PAGE_M}",),
+    State.SCHEDULED: (f"{_M_FIRST} {_WAITING} AND m.due > :now {_PAGE_M}",),
+    State.IN_FLIGHT: (f"{_D_FIRST} d.state = {_IN_FLIGHT} {_PAGE_D}",),
+    State.DONE: _finished(_DONE),
+    State.DEAD: _finished(_DEAD),
+    State.EXPIRED: _finished(_EXPIRED),
+}
