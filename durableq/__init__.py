@@ -7,6 +7,7 @@ process held is delivered again.
 
 from __future__ import annotations
 
+from ._clock import Clock, ManualClock, SystemClock
 from ._commands import CommandQueue, PendingCommand
 from ._errors import (
     CommandNotFound,
@@ -28,15 +29,18 @@ from ._executor import Executor, TaskFuture, TaskOptions
 from ._inspect import Inspector, inspect
 from ._lazy import Lazy, Sample, Sampler
 from ._message import Message
+from ._policy import Retention, RetryPolicy
 from ._pool import Pool
 from ._queue import JoinableQueue, Queue
-from ._records import Counts, Fault, Leased, LeaseToken, Priority, State
+from ._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Record, State
+from ._report import ErrorGroup
 from ._serializer import Serializer
 from .store import CommandStore, DiskcacheStore, MemoryStore, Store
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Clock",
     "CommandNotFound",
     "CommandQueue",
     "CommandStateError",
@@ -45,7 +49,9 @@ __all__ = [
     "Counts",
     "DiskcacheStore",
     "DurableQError",
+    "ErrorGroup",
     "Executor",
+    "Failure",
     "Fault",
     "InitializerFailed",
     "Inspector",
@@ -53,6 +59,7 @@ __all__ = [
     "Lazy",
     "LeaseToken",
     "Leased",
+    "ManualClock",
     "MemoryStore",
     "Message",
     "OwnerGone",
@@ -62,6 +69,9 @@ __all__ = [
     "Queue",
     "QueueLocked",
     "QueueNotFound",
+    "Record",
+    "Retention",
+    "RetryPolicy",
     "Sample",
     "Sampler",
     "Serializer",
@@ -69,6 +79,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreTimeout",
+    "SystemClock",
     "TaskAbandoned",
     "TaskFuture",
     "TaskOptions",

@@ -146,13 +146,14 @@ class Client:
 
     # -- verbs ------------------------------------------------------------------------------
 
-    def notify_put(self, n: int, due: float = 0.0) -> None:
-        """Tell the owner that ``n`` messages due at ``due`` are committed. Best effort:
-        they are durable, and the owner finds them in the store anyway."""
+    def notify_put(self, n: int, due: float = 0.0, event: float | None = None) -> None:
+        """Tell the owner that ``n`` messages due at ``due`` (bumped or expiring at
+        ``event``) are committed. Best effort: they are durable, and the owner finds them
+        in the store anyway."""
         if not self.hungry.value:
             return  # no consumer waits: the next WANT looks at the store anyway
         try:
-            self.send((w.PUT, n, due))
+            self.send((w.PUT, n, due, event))
         except OwnerGone:
             pass
 
@@ -168,8 +169,15 @@ class Client:
             self.send((w.ACK, acks))
         self._acks_sent = time.monotonic()
 
-    def nack(self, tokens: list[LeaseToken], requeue: bool) -> None:
-        self.send((w.NACK, tokens, requeue))
+    def nack(
+        self,
+        tokens: list[LeaseToken],
+        requeue: bool,
+        delay: float | None = None,
+        error: tuple[str, str, str, bool] | None = None,
+    ) -> None:
+        """A failed attempt: the owner applies the retry policy (``requeue=False``: dead)."""
+        self.send((w.NACK, tokens, requeue, delay, error))
 
     def call(self, kind: int, *args: Any) -> Any:
         self.send((kind, *args))

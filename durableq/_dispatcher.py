@@ -37,10 +37,14 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
 
 from . import _wire as w
+from ._admin import admin
+from ._clock import SYSTEM, Clock
 from ._consumers import Consumer, Counters, share
 from ._errors import StoreError
 from ._lazy import ALL, NONE, Gate, Lazy
-from ._records import Fault, LeaseToken
+from ._policy import CRASH, ERROR, QUEUE_DEFAULT, TIMEOUT, FailedAttempt, RetryPolicy
+from ._records import Failure, Fault, LeaseToken
+from ._schedule import Timing
 from ._wakeup import Wakeup
 from .store import Store
 
@@ -71,6 +75,8 @@ class Dispatcher(threading.Thread):
         hungry: Any,
         name: str,
         lazy: Lazy | None = None,
+        retry: RetryPolicy = QUEUE_DEFAULT,
+        clock: Clock = SYSTEM,
     ) -> None:
         super().__init__(name=f"durableq-dispatcher-{name}", daemon=True)
         self.store = store
@@ -93,11 +99,17 @@ class Dispatcher(threading.Thread):
         self._orphans = Consumer(None, authed=True)  # leases whose thread left cleanly
         self._expiry: collections.deque[tuple[float, LeaseToken]] = collections.deque()
         self._acks: list[LeaseToken] = []
-        self._puts: list[tuple[Consumer, list[bytes], int, float]] = []
+        self._puts: list[tuple[Consumer, list[bytes], Timing]] = []
         #: The one timer: the earliest due time of a scheduled message, while consumers wait.
         self._next_due: float | None = None
-        self._requeue: list[LeaseToken] = []
-        self._bury: list[LeaseToken] = []
+        self._requeue: list[LeaseToken] = []  # back unchanged: never delivered, or shutdown
+        self._failed: list[FailedAttempt] = []  # failed attempts, under the retry policy
+        self.retry = retry
+        self.clock = clock
+        #: When a deadline window opens or an expiry passes next (``Store.tick``).
+        self._tick_at: float | None = clock.time()  # at start: rebuilt from the store
+        if hasattr(clock, "subscribe"):
+            clock.subscribe(self._wakeup.set)
         self._maybe_ready = True
         self._store_failing = False
         #: Lazy mode: holds new leases while the machine is overloaded (hold and resume go
@@ -121,10 +133,12 @@ class Dispatcher(threading.Thread):
                     self._maybe_ready = True  # the safety re-check: see SAFETY_CHECK
                 for obj in ready:
                     self._on_ready(obj)
-                now = time.time()
+                now = self.clock.time()
                 if self._next_due is not None and self._next_due <= now:
                     self._next_due = None
                     self._maybe_ready = True
+                if self._tick_at is not None and self._tick_at <= now:
+                    self._tick(now)
                 self._expire_leases(now)
                 try:
                     self._flush()
@@ -164,14 +178,16 @@ class Dispatcher(threading.Thread):
     def _timeout(self) -> float | None:
         timeout = None
         if self._expiry:
-            timeout = max(0.0, self._expiry[0][0] - time.time())
+            timeout = max(0.0, self._expiry[0][0] - self.clock.time())
         if self._waiters:
             timeout = SAFETY_CHECK if timeout is None else min(timeout, SAFETY_CHECK)
         if self._store_failing:
             timeout = STORE_RETRY if timeout is None else min(timeout, STORE_RETRY)
-        if self._waiters and self._next_due is not None:
-            due = max(0.0, self._next_due - time.time())
-            timeout = due if timeout is None else min(timeout, due)
+        if self._waiters:
+            for event in (self._next_due, self._tick_at):
+                if event is not None:
+                    due = max(0.0, event - self.clock.time())
+                    timeout = due if timeout is None else min(timeout, due)
         recheck = self.gate.recheck_in() if self.gate is not None and self._waiters else None
         if recheck is not None:
             timeout = recheck if timeout is None else min(timeout, recheck)
@@ -219,18 +235,18 @@ class Dispatcher(threading.Thread):
         elif kind == w.ACK:
             self._settle(c, frame[1], ack=True)
         elif kind == w.NACK:
-            self._settle(c, frame[1], ack=False, requeue=frame[2])
+            self._settle(c, frame[1], ack=False, requeue=frame[2], why=frame[3:])
         elif kind == w.PUT:
-            self._coming(frame[2])
+            self._coming(frame[2], frame[3])
         elif kind == w.CANCEL:
             if c.waiting:
                 c.waiting = False
                 self._waiters.remove(c)
             c.send((w.CANCELLED,))
         elif kind == w.RPUT:
-            self._puts.append((c, frame[1], frame[2], frame[3]))  # committed in _flush
+            self._puts.append((c, frame[1], Timing(*frame[2])))  # committed in _flush
         elif kind == w.CALL:
-            self._reply(c, lambda: self.call(frame[1]))
+            self._reply(c, lambda: self.call(frame[1], *frame[2:]))
         elif kind == w.JOIN:
             self._joiners.append(c)
         elif kind == w.BYE:
@@ -254,11 +270,18 @@ class Dispatcher(threading.Thread):
                 self._store_failed(exc)  # recorded before the caller hears of it
             c.send((w.RESULT, None, exc))
 
-    def call(self, name: str) -> Any:
-        """Answer a read; acks that arrived before it are applied first, so a caller's
-        own earlier acks are durable and counted by the time it gets the answer."""
+    def call(self, name: str, args: tuple[Any, ...] = ()) -> Any:
+        """Answer a read or a repair; acks that arrived before it are applied first, so a
+        caller's own earlier acks are durable and counted by the time it gets the answer."""
         self._apply()
-        return self.stats() if name == "stats" else read_store(self.store, name)
+        if name == "stats":
+            return self.stats()
+        if name in ("qsize", "empty", "faults"):
+            return read_store(self.store, name)
+        result = admin(self.store, name, args, self.clock.time())
+        self._maybe_ready = True  # a repair may have made messages ready
+        self._tick_at = self.clock.time()  # and may have changed what comes due next
+        return result
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -270,8 +293,16 @@ class Dispatcher(threading.Thread):
         }
 
     def _settle(
-        self, c: Consumer, tokens: list[LeaseToken], *, ack: bool, requeue: bool = True
+        self,
+        c: Consumer,
+        tokens: list[LeaseToken],
+        *,
+        ack: bool,
+        requeue: bool = True,
+        why: tuple[Any, ...] | None = None,
     ) -> None:
+        """Settle leases: acked; given back unchanged (``why`` None: never handed out); or
+        failed (``why`` = (delay, error)) and judged by the retry policy."""
         # Any consumer may settle a lease (a message can be handed to another thread); the
         # token's attempt number is what fences off a lease that expired and moved on.
         for token in tokens:
@@ -283,10 +314,36 @@ class Dispatcher(threading.Thread):
             del lease[1].held[token[0]]
             if ack:
                 self._acks.append(lease[0])
-            elif requeue:
+            elif why is None:
                 self._requeue.append(lease[0])
             else:
-                self._bury.append(lease[0])
+                self._fail(lease[0], ERROR, c.pid, *why, retryable=requeue)
+
+    def _fail(
+        self,
+        token: LeaseToken,
+        cause: str,
+        pid: int,
+        delay: float | None = None,
+        error: tuple[str, str, str, bool] | None = None,
+        *,
+        retryable: bool = True,
+    ) -> None:
+        """Queue a failed attempt for the store: ``error`` is (type, message, traceback,
+        whether the policy's ``retry_on`` matches)."""
+        kind, message, tb, matches = error or ("", "", "", True)
+        if cause == CRASH and not message:
+            message = f"consumer pid {pid} died holding the message"
+        elif cause == TIMEOUT and not message:
+            message = f"not acked within the visibility timeout of {self.ttl:g} s"
+        elif not (kind or message):
+            message = "nacked" if retryable else "nacked without requeue"
+        failure = Failure(
+            self.clock.time(), token.id, "", token.attempt, cause, kind, message, tb, pid
+        )
+        self._failed.append(FailedAttempt(
+            token, cause, self.retry, failure, retryable and matches, delay
+        ))
 
     def _drop(self, c: Consumer) -> None:
         """A connection ended: without BYE its process (or thread) crashed holding leases."""
@@ -316,8 +373,8 @@ class Dispatcher(threading.Thread):
         tokens = list(c.held.values())
         for token in tokens:
             del self._leases[token.id]
+            self._fail(token, CRASH, c.pid)
         c.held.clear()
-        self._requeue.extend(tokens)
         self.counters.redelivered_after_crash += len(tokens)
         ids = ", ".join(str(t.id) for t in tokens[:10])
         self.on_fault(
@@ -337,7 +394,7 @@ class Dispatcher(threading.Thread):
                 continue  # settled already
             del self._leases[token.id]
             del lease[1].held[token.id]
-            self._requeue.append(token)
+            self._fail(token, TIMEOUT, lease[1].pid)
             self.counters.expired_leases += 1
 
     # -- output -----------------------------------------------------------------------------
@@ -355,26 +412,34 @@ class Dispatcher(threading.Thread):
             if self.take_slot is not None:
                 for _ in requeue:
                     self.take_slot()
-        if self._bury:
-            self.counters.nacked += self.store.nack(self._bury, requeue=False)
-            self._bury = []
+        if self._failed:
+            verdicts = self.store.fail(self._failed, now=self.clock.time())
+            self._failed = []
+            for verdict in verdicts:
+                if verdict is None:
+                    continue
+                self.counters.nacked += 1
+                if verdict.retry:
+                    self._coming(verdict.due)
+                    if self.take_slot is not None:
+                        self.take_slot()
 
     def _commit_puts(self) -> None:
         """Commit every producer's RPUT of this round in one transaction (one fsync under
         sync="full"), then answer each with its ids."""
         puts, self._puts = self._puts, []
-        # One transaction per (priority, due) group: a round's plain puts share one.
-        groups: dict[tuple[int, float], list[tuple[Any, list[bytes]]]] = {}
-        now = time.time()
-        for c, payloads, priority, due in puts:
-            plain = 0 <= due <= now  # due now: shares the round's transaction
-            groups.setdefault((priority, 0.0 if plain else due), []).append((c, payloads))
-        for (priority, due), members in groups.items():
+        # One transaction per timing group: a round's plain puts (due now) share one.
+        groups: dict[Timing, list[tuple[Any, list[bytes]]]] = {}
+        now = self.clock.time()
+        for c, payloads, timing in puts:
+            if 0 <= timing.due <= now and timing.event() is None:
+                timing = Timing(timing.priority, 0.0)  # due now: shares the round's commit
+            groups.setdefault(timing, []).append((c, payloads))
+        for timing, members in groups.items():
             try:
                 ids = self.store.put_many(
                     [p for _, payloads in members for p in payloads],
-                    priority=priority,
-                    due=due or time.time(),
+                    **timing._replace(due=timing.due or self.clock.time())._asdict(),
                 )
             except Exception as exc:
                 if isinstance(exc, StoreError):
@@ -386,15 +451,24 @@ class Dispatcher(threading.Thread):
             for c, payloads in members:
                 self._send(c, (w.RESULT, ids[start : start + len(payloads)]))
                 start += len(payloads)
-            self._coming(due)
+            self._coming(timing.due, timing.event())
 
-    def _coming(self, due: float) -> None:
+    def _coming(self, due: float, event: float | None = None) -> None:
         """Messages due at ``due`` were committed: deliverable now, or keep the one timer
-        for the earliest due time (a newcomer that is earlier displaces it)."""
-        if due <= time.time():
+        for the earliest due time (a newcomer that is earlier displaces it). ``event``: when
+        one of them is bumped or expires."""
+        if due <= self.clock.time():
             self._maybe_ready = True
         elif self._next_due is None or due < self._next_due:
             self._next_due = due
+        if event is not None and (self._tick_at is None or event < self._tick_at):
+            self._tick_at = event
+
+    def _tick(self, now: float) -> None:
+        """A deadline window opened or an expiry passed: apply them, find the next."""
+        self.store.tick(now)
+        self._tick_at = self.store.next_due(now)
+        self._maybe_ready = True
 
     def _flush(self) -> None:
         if self._puts:
@@ -412,7 +486,7 @@ class Dispatcher(threading.Thread):
         band = self.gate.admit() if self.gate is not None else ALL
         if band == NONE:
             return  # lazy mode holds: _timeout wakes us for the next check
-        now = time.time()
+        now = self.clock.time()
         wanted = sum(c.credit for c in self._waiters)
         leased = self.store.lease(self.owner_id, wanted, now=now, ttl=self.ttl)
         if len(leased) < wanted:
@@ -455,7 +529,7 @@ def read_store(store: Store, name: str) -> Any:
     if name == "qsize":
         return store.counts().ready
     if name == "empty":
-        return not store.has_ready(time.time())
+        return not store.has_ready(store.clock.time())
     if name == "faults":
         return store.faults()
     raise ValueError(f"unknown read {name!r}")

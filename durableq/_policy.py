@@ -46,6 +46,8 @@ class RetryPolicy:
         jitter: wait a uniformly random time up to that bound ("full jitter"), so many
             failing messages do not come back at the same instant.
         demote: each failed attempt moves the message one band down (HIGH, MEDIUM, LOW).
+        retry_on: exception types worth retrying; any other exception makes the message
+            dead at once.
     """
 
     retries: int | None = None
@@ -55,8 +57,17 @@ class RetryPolicy:
     backoff_cap: float = 300.0
     jitter: bool = True
     demote: bool = True
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
 
     def __post_init__(self) -> None:
+        retry_on = self.retry_on
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+            object.__setattr__(self, "retry_on", retry_on)
+        if not isinstance(retry_on, tuple) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
+        ):
+            raise TypeError(f"retry_on must be exception types, not {self.retry_on!r}")
         _budget("retries", self.retries)
         _budget("timeout_retries", self.timeout_retries)
         if self.max_attempts is not None:
@@ -174,3 +185,7 @@ class Retention:
             f"history must be a count, an age (seconds or timedelta), (count, age) or None, "
             f"not {value!r}"
         )
+
+
+#: The default ``history=``: 10,000 messages or 7 days, whichever is smaller.
+DEFAULT_RETENTION: Final = Retention()

@@ -28,14 +28,17 @@ from multiprocessing import util
 from typing import Any, Literal
 
 from . import _wire as w
+from ._admin_api import AdminMixin
 from ._client import Client
+from ._clock import SYSTEM, Clock
 from ._dispatcher import Dispatcher, read_store
 from ._errors import ConfigurationError, DurableQError, OwnerGone, StoreError
 from ._lazy import Lazy, lazy_of
 from ._message import Message
 from ._owner import claim, fault_recorder, release_slot, shutdown_owner
+from ._policy import DEFAULT_RETENTION, QUEUE_DEFAULT, Retention, RetryPolicy
 from ._records import Fault, LeaseToken, Priority
-from ._schedule import due_of, priority_of
+from ._schedule import DEADLINE_WINDOW, Timing, timing_of
 from ._serializer import Serializer, get_serializer
 from .store import Store
 
@@ -58,9 +61,12 @@ class _Shared:
     hungry: Any  # shared byte, 1 while a consumer waits for messages
     store: Store | None  # None when the store cannot be opened outside the owner
     via_owner: bool  # commit puts through the owner, which groups them (sync="full")
+    clock: Clock = SYSTEM
+    deadline_window: float = DEADLINE_WINDOW
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
 
 
-class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
+class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
     """A drop-in ``multiprocessing.Queue`` with at-least-once delivery.
 
     Args:
@@ -77,6 +83,14 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         wait_for_owner: wait for the current owner of ``path`` to exit instead of raising
             ``QueueLocked``.
         store: a ``Store`` to use instead of ``DiskcacheStore(path)``.
+        retry: the ``RetryPolicy`` for nacked messages and those whose consumer died or
+            overran ``visibility_timeout`` (default: back at once, no limit, one band lower
+            each time).
+        deadline_window: seconds before its ``deadline`` a message is delivered as HIGH.
+        history: what to keep of done and expired messages, and of the failure log: a
+            count, an age (seconds or timedelta), both as a tuple, a ``Retention``, or None
+            (everything); 0 keeps no history. Default: 10,000 or 7 days.
+        clock: where the owner reads the time (a ``ManualClock`` in tests).
         trusted: open ``path`` even if another user could write to it. Dangerous: whoever
             can write a record can run code in every reader (docs/security.md).
         lazy: a ``durableq.Lazy`` (or True for its defaults): hold new deliveries while
@@ -106,6 +120,10 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         wait_for_owner: bool = False,
         store: Store | None = None,
         trusted: bool = False,
+        retry: RetryPolicy | None = None,
+        deadline_window: float = DEADLINE_WINDOW,
+        history: Any = DEFAULT_RETENTION,
+        clock: Clock = SYSTEM,
         lazy: Lazy | bool | None = None,
     ) -> None:
         if ack not in _ACK_MODES:
@@ -116,6 +134,18 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             raise ConfigurationError("pass path= or store=, not both")
         if not isinstance(maxsize, int):
             raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a durableq.RetryPolicy, not {retry!r}")
+        retry = retry or QUEUE_DEFAULT
+        if isinstance(deadline_window, bool) or not isinstance(deadline_window, int | float) or (
+            not deadline_window >= 0
+        ):
+            raise ConfigurationError(
+                f"deadline_window must be seconds >= 0, not {deadline_window!r}"
+            )
+        retention = Retention.of(history)
+        if not isinstance(clock, Clock):
+            raise TypeError(f"clock must have a time() method, not {clock!r}")
         codec = get_serializer(serializer)
         lazy_limits = lazy_of(lazy)
         ctx = ctx or multiprocessing.get_context()
@@ -136,7 +166,11 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             hungry=ctx.RawValue("b", 0),
             store=store if store.shared else None,
             via_owner=getattr(store, "sync", "normal") == "full",
+            clock=clock,
+            deadline_window=float(deadline_window),
+            retry_on=retry.retry_on,
         )
+        store.retention, store.clock = retention, clock
         self._owner_store = store
         self._faults: list[Fault] = []
         sem = self._sem
@@ -156,6 +190,8 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             take_slot=(lambda: sem.acquire(False)) if self._bounded else None,
             hungry=self._shared.hungry,
             name=os.path.basename(lock_dir) if lock_dir else "memory",
+            retry=retry,
+            clock=clock,
             lazy=lazy_limits,
         )
         self._dispatcher.start()
@@ -227,23 +263,27 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
 
-    def _commit(self, payloads: list[bytes], priority: Priority, due: float) -> None:
+    def _commit(self, payloads: list[bytes], timing: Timing) -> None:
         store = self._store()
         client = self._client()
         if store is None or self._shared.via_owner:
             try:
-                client.call(w.RPUT, payloads, int(priority), due)
+                client.call(w.RPUT, payloads, tuple(timing))
                 return
             except OwnerGone:
                 if store is None:
                     raise
                 # No owner to group with: commit alone (it is durable either way).
         try:
-            store.put_many(payloads, priority=priority, due=due)
+            store.put_many(payloads, **timing._asdict())
         except StoreError as exc:
             self._note_fault(Fault("store-failed", time.time(), str(exc)))
             raise
-        client.notify_put(len(payloads), due)
+        client.notify_put(len(payloads), timing.due, timing.event())
+
+    def _timing(self, **options: Any) -> Timing:
+        s = self._shared
+        return timing_of(window=s.deadline_window, clock=s.clock, **options)
 
     # -- producing ----------------------------------------------------------------------------
 
@@ -257,13 +297,19 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         not_before: datetime.datetime | float | None = None,
         delay: float | None = None,
         front: bool = False,
+        deadline: datetime.datetime | float | None = None,
+        ttl: float | datetime.timedelta | None = None,
+        expires_at: datetime.datetime | float | None = None,
     ) -> None:
         """Commit ``obj``; return once it is durable.
 
         Scheduling (all optional): ``priority`` ``"high"``/``"medium"`` (default)/``"low"``
         (ready HIGH messages go before MEDIUM before LOW, FIFO within a band); ``front=True``
         goes ahead of its band; ``not_before`` (a datetime, naive meaning local time, or
-        epoch seconds) or ``delay`` (seconds) keeps it *scheduled* until then.
+        epoch seconds) or ``delay`` (seconds) keeps it *scheduled* until then. ``deadline``:
+        within ``deadline_window`` of it the message is delivered as HIGH; delivered after it,
+        it is counted late. ``ttl`` (seconds) or ``expires_at``: not delivered by then, it is
+        *expired* and never delivered.
 
         Raises:
             ValueError: the queue is closed in this process.
@@ -272,12 +318,15 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             TypeError: ``serializer="msgpack"`` and ``obj`` is not plain data.
         """
         self._check_open()
-        band, due = priority_of(priority), due_of(not_before, delay, front)
+        timing = self._timing(
+            priority=priority, not_before=not_before, delay=delay, front=front,
+            deadline=deadline, ttl=ttl, expires_at=expires_at,
+        )
         payload = self._shared.serializer.dumps(obj)
         if self._bounded and not self._sem.acquire(block, timeout):
             raise pyqueue.Full
         try:
-            self._commit([payload], band, due)
+            self._commit([payload], timing)
         except BaseException:
             self._release_slot()
             raise
@@ -289,11 +338,17 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         priority: Priority | str | int | None = None,
         not_before: datetime.datetime | float | None = None,
         delay: float | None = None,
+        deadline: datetime.datetime | float | None = None,
+        ttl: float | datetime.timedelta | None = None,
+        expires_at: datetime.datetime | float | None = None,
     ) -> None:
         """Commit every item of ``items`` in one transaction; all or none are stored.
         Scheduling options apply to every item, as for ``put``."""
         self._check_open()
-        band, due = priority_of(priority), due_of(not_before, delay)
+        timing = self._timing(
+            priority=priority, not_before=not_before, delay=delay, deadline=deadline,
+            ttl=ttl, expires_at=expires_at,
+        )
         dumps = self._shared.serializer.dumps
         payloads = [dumps(obj) for obj in items]
         if not payloads:
@@ -303,7 +358,7 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
             for _ in payloads if self._bounded else ():
                 self._sem.acquire()
                 taken += 1
-            self._commit(payloads, band, due)
+            self._commit(payloads, timing)
         except BaseException:
             for _ in range(taken):
                 self._release_slot()
@@ -319,11 +374,12 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         try:
             body = self._shared.serializer.loads(payload)
         except Exception as exc:
-            client.nack([token], requeue=False)  # kept as dead, never silently dropped
+            # Kept as dead, never silently dropped.
+            client.nack([token], False, None, (type(exc).__qualname__, str(exc), "", False))
             detail = f"message {token.id} cannot be deserialized ({exc!r}); moved to dead"
             self._note_fault(Fault("undecodable-message", time.time(), detail))
             raise DurableQError(detail) from exc
-        return Message(self._client, token, body)
+        return Message(self._client, token, body, self._shared.retry_on)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return an item, as ``multiprocessing.Queue.get``.
@@ -355,6 +411,12 @@ class Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         return self._take(block, timeout)
 
     # -- state --------------------------------------------------------------------------------
+
+    def _admin(self, name: str, *args: Any) -> Any:
+        return self._client().call(w.CALL, name, args)
+
+    def _decode(self, body: bytes) -> Any:
+        return self._shared.serializer.loads(body)
 
     def _read(self, name: str) -> Any:
         store = self._store()

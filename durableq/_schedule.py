@@ -10,15 +10,14 @@ front message leads).
 from __future__ import annotations
 
 import datetime as dt
-import threading
-import time
-from typing import Any
+from typing import Any, NamedTuple
 
+from ._clock import SYSTEM, Clock
 from ._records import Priority
 
 _NAMES = {p.name.lower(): p for p in Priority}
-_last = 0.0
-_last_lock = threading.Lock()
+#: Default ``deadline_window``: a message this close to its deadline is delivered as HIGH.
+DEADLINE_WINDOW = 300.0
 
 
 def priority_of(value: Any) -> Priority:
@@ -34,41 +33,85 @@ def priority_of(value: Any) -> Priority:
     )
 
 
-def now() -> float:
-    """Wall-clock time that never goes back within this process, so that due times keep
-    each producer's puts in order even if the system clock is stepped back."""
-    global _last
-    t = time.time()
-    with _last_lock:
-        if t <= _last:
-            t = _last + 1e-6
-        _last = t
-    return t
+def _epoch(name: str, value: Any) -> float:
+    if isinstance(value, dt.datetime):
+        return value.timestamp()  # naive datetimes are local time, as in Python
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{name} must be a datetime or epoch seconds, not {type(value).__name__}")
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
+    return float(value)
 
 
 def due_of(
     not_before: dt.datetime | float | int | None = None,
     delay: float | int | None = None,
     front: bool = False,
+    clock: Clock = SYSTEM,
 ) -> float:
     """The due time of a message put now (epoch seconds; negative for ``front``)."""
     if not_before is not None and delay is not None:
         raise ValueError("pass not_before= or delay=, not both")
     if front and (not_before is not None or delay is not None):
         raise ValueError("front=True delivers a message next in its band; it cannot be scheduled")
-    t = now()
+    t = clock.time()
     if front:
         return -t
     if delay is not None:
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-            raise ValueError(f"delay must be a number of seconds >= 0, not {delay!r}")
-        return t + float(delay)
+        return t + _seconds("delay", delay)
     if not_before is None:
         return t
-    if isinstance(not_before, dt.datetime):
-        return max(t, not_before.timestamp())  # naive datetimes are local time, as in Python
-    if isinstance(not_before, int | float) and not isinstance(not_before, bool):
-        return max(t, float(not_before))
-    raise TypeError(
-        f"not_before must be a datetime or epoch seconds, not {type(not_before).__name__}"
-    )
+    return max(t, _epoch("not_before", not_before))
+
+
+class Timing(NamedTuple):
+    """Where and when a message is filed: the store's ``put_many`` keywords."""
+
+    priority: int
+    due: float
+    deadline: float | None = None
+    bump: float | None = None
+    expires: float | None = None
+
+    def event(self) -> float | None:
+        """The earliest later change of state: the bump to HIGH or the expiry."""
+        times = [t for t in (self.bump, self.expires) if t is not None]
+        return min(times, default=None)
+
+
+def timing_of(
+    *,
+    priority: Any = None,
+    not_before: Any = None,
+    delay: Any = None,
+    front: bool = False,
+    deadline: Any = None,
+    ttl: Any = None,
+    expires_at: Any = None,
+    window: float = DEADLINE_WINDOW,
+    clock: Clock = SYSTEM,
+) -> Timing:
+    """Check every scheduling option of one put, naming the bad one, and file it."""
+    band = priority_of(priority)
+    due = due_of(not_before, delay, front, clock)
+    now = clock.time()
+    if ttl is not None and expires_at is not None:
+        raise ValueError("pass ttl= or expires_at=, not both")
+    expires = None
+    if ttl is not None:
+        expires = now + _seconds("ttl", ttl)
+    elif expires_at is not None:
+        expires = _epoch("expires_at", expires_at)
+    end = None if deadline is None else _epoch("deadline", deadline)
+    bump = None
+    if end is not None:
+        bump = end - window
+        if bump <= now:
+            band, bump = Priority.HIGH, None  # already inside its window
+    return Timing(int(band), due, end, bump, expires)

@@ -23,10 +23,10 @@ HELLO_SIZE: Final = 40  # 32-byte secret + 8-byte pid
 WANT: Final = 2      # (WANT, n, acks, nowait)  up to n messages: reply MSGS, or EMPTY if nowait
 CANCEL: Final = 3    # (CANCEL,)                                  reply CANCELLED (after any MSGS)
 ACK: Final = 4       # (ACK, tokens)                              no reply
-NACK: Final = 5      # (NACK, tokens, requeue)                    no reply
-PUT: Final = 6       # (PUT, n, due)   n messages due at `due` were committed: no reply
-RPUT: Final = 7      # (RPUT, payloads, priority, due)  commit for me (group commit): RESULT ids
-CALL: Final = 8      # (CALL, name)    stats / qsize / empty / faults: reply RESULT
+NACK: Final = 5      # (NACK, tokens, requeue, delay, error)      a failed attempt: no reply
+PUT: Final = 6       # (PUT, n, due, event)  n messages due at `due` committed: no reply
+RPUT: Final = 7      # (RPUT, payloads, timing)  commit for me (group commit): RESULT ids
+CALL: Final = 8      # (CALL, name, args)  stats / qsize / reads and repairs: reply RESULT
 JOIN: Final = 9      # (JOIN,)         reply JOINED once nothing is unacked
 BYE: Final = 10      # (BYE, acks, unread)  clean exit: ack acks, requeue unread
 

@@ -114,10 +114,10 @@ def test_sync_full_producers_share_one_commit_through_the_owner(tmp_path: Path) 
 
     d._flush = first_flush_waits  # type: ignore[method-assign]
     commits = store.commits
-    w.send(conns[0], (w.RPUT, [b"\x01\x00"], 1, 0.0))
+    w.send(conns[0], (w.RPUT, [b"\x01\x00"], (1, 0.0)))
     assert entered.wait(TIMEOUT)  # the owner holds the first put
     for conn in conns[1:]:
-        w.send(conn, (w.RPUT, [b"\x01\x01"], 1, 0.0))  # these wait on their sockets meanwhile
+        w.send(conn, (w.RPUT, [b"\x01\x01"], (1, 0.0)))  # these wait on their sockets meanwhile
     gate.set()
     replies = [w.recv(conn) for conn in conns]
     assert [len(r[1]) for r in replies] == [1, 1, 1, 1]

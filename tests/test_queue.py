@@ -174,7 +174,8 @@ def test_auto_mode_acks_on_next_get_and_on_clean_exit(qpath: Path) -> None:
 
 
 def test_manual_mode_ack_nack_and_context_manager(qpath: Path) -> None:
-    q = durableq.Queue(path=qpath, ack="manual")
+    # demote=False: a nacked message keeps its place (the default moves it a band down)
+    q = durableq.Queue(path=qpath, ack="manual", retry=durableq.RetryPolicy(demote=False))
     q.put_many(["a", "b", "c"])
     with pytest.raises(ValueError, match="get_message"):
         q.get()

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
-from .._records import Counts, Fault, Leased, LeaseToken, Priority
+from .._clock import Clock
+from .._policy import FailedAttempt, Retention, Verdict
+from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Record, State
 
 
 @runtime_checkable
@@ -24,18 +26,72 @@ class Store(Protocol):
     """
 
     shared: ClassVar[bool]
+    #: What the owner keeps of done and expired messages and of the failure log.
+    retention: Retention
+    #: The owner's clock (``durableq.ManualClock`` in tests): put, finish and expiry times.
+    clock: Clock
 
     def put_many(
-        self, payloads: Sequence[bytes], *, priority: int = Priority.MEDIUM, due: float = 0.0
+        self,
+        payloads: Sequence[bytes],
+        *,
+        priority: int = Priority.MEDIUM,
+        due: float = 0.0,
+        deadline: float | None = None,
+        bump: float | None = None,
+        expires: float | None = None,
     ) -> list[int]:
-        """Commit ``payloads`` as ready messages in one transaction; return their ids in order."""
+        """Commit ``payloads`` as ready messages in one transaction; return their ids in order.
+
+        ``due``: not deliverable before; ``deadline``: a delivery after it is counted late;
+        ``bump``: from then on the message is HIGH; ``expires``: undelivered by then, it
+        becomes expired and never runs.
+        """
         ...
 
     def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
-        """Move up to ``n`` ready messages, in (priority, due, id) order, to in-flight.
+        """Move up to ``n`` ready, unexpired messages, in (priority, due, id) order, to
+        in-flight.
 
         Each lease increments the message's attempt count, which becomes its token's attempt.
         """
+        ...
+
+    def fail(self, attempts: Sequence[FailedAttempt], *, now: float) -> list[Verdict | None]:
+        """Apply failed attempts: each is retried (perhaps later, perhaps demoted) or buried
+        as dead under its policy (``_policy.decide``) and logged, in one transaction. Stale
+        tokens get ``None``."""
+        ...
+
+    def failures(
+        self, *, since: float | None = None, limit: int | None = None, id: int | None = None
+    ) -> list[Failure]:
+        """The failure log, oldest first: entries since ``since``, of message ``id``, at most
+        the newest ``limit``."""
+        ...
+
+    def tick(self, now: float) -> int:
+        """Bump messages whose deadline window opened to HIGH, expire undelivered ones past
+        their expiry; returns how many changed."""
+        ...
+
+    def records(
+        self, states: Sequence[State], *, since: float | None = None, limit: int | None = None
+    ) -> list[Record]:
+        """Finished messages (done, expired, dead) in ``states`` finished since ``since``,
+        newest first."""
+        ...
+
+    def record(self, id: int) -> Record | None:
+        """One message in whatever state it is, or None."""
+        ...
+
+    def revive(self, ids: Sequence[int] | None, *, now: float) -> list[int]:
+        """Dead messages (all if ``ids`` is None) back to ready with fresh failure budgets."""
+        ...
+
+    def purge(self, states: Sequence[State], *, older_than: float | None = None) -> int:
+        """Delete finished messages in ``states`` that finished before ``older_than``."""
         ...
 
     def ack(self, tokens: Sequence[LeaseToken], *, results: Sequence[bytes] | None = None) -> int:
@@ -87,7 +143,8 @@ class Store(Protocol):
         ...
 
     def next_due(self, now: float) -> float | None:
-        """The earliest due time after ``now`` of a waiting (scheduled) message, if any."""
+        """The earliest time after ``now`` when a scheduled message comes due, a deadline
+        window opens or an expiry passes."""
         ...
 
     def record_fault(self, fault: Fault) -> None:

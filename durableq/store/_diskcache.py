@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Final
 import diskcache
 
 from .._errors import ConfigurationError, StoreError
+from .._clock import SYSTEM, Clock
 from .._policy import Retention
 from .._records import Fault, Leased, LeaseToken, Priority, State
 from .._security import DATABASES, create_private, make_directory, tighten
@@ -265,9 +266,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
         for the lock, so threads putting at once pay for one commit (one fsync with
         ``sync="full"``) instead of one each.
         """
-        now = time.time()
-        if bump is not None and bump <= now:
-            priority, bump = _HIGH, None  # already within its deadline window
+        now = self.clock.time()
         slot = _Slot(
             [(priority, due, now, payload, deadline, bump, expires) for payload in payloads]
         )
@@ -341,7 +340,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
         self, tokens: Sequence[LeaseToken], state: int, results: Sequence[bytes] | None
     ) -> int:
         con = self._ledger()
-        finished = None if state == _READY else time.time()
+        finished = None if state == _READY else self.clock.time()
         with self._write(con, "BEGIN"):
             if results is None:
                 applied: int = con.executemany(
@@ -529,6 +528,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
         self._uncollected = 0
         self._collected = 0
         self.retention = Retention()
+        self.clock: Clock = SYSTEM
         self._group = []
         self._group_lock = threading.Lock()
         self._leading = False

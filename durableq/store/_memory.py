@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .._clock import SYSTEM, Clock
 from .._policy import CAUSES, FailedAttempt, Retention, Verdict, decide
 from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Record, State
 from ._memory_commands import MemoryCommands
@@ -64,6 +65,7 @@ class MemoryStore(MemoryCommands):
         self._history: collections.deque[_Record] = collections.deque()  # oldest first
         self._rng = random.Random()
         self.retention = Retention()
+        self.clock: Clock = SYSTEM
 
     def put_many(
         self,
@@ -75,9 +77,7 @@ class MemoryStore(MemoryCommands):
         bump: float | None = None,
         expires: float | None = None,
     ) -> list[int]:
-        now = time.time()
-        if bump is not None and bump <= now:
-            priority, bump = Priority.HIGH, None
+        now = self.clock.time()
         with self._lock:
             ids = list(range(self._next_id, self._next_id + len(payloads)))
             self._next_id += len(payloads)
@@ -140,7 +140,7 @@ class MemoryStore(MemoryCommands):
 
     def ack(self, tokens: Sequence[LeaseToken], *, results: Sequence[bytes] | None = None) -> int:
         applied = 0
-        now = time.time()
+        now = self.clock.time()
         with self._lock:
             for i, token in enumerate(tokens):
                 rec = self._leased(token)
@@ -161,7 +161,7 @@ class MemoryStore(MemoryCommands):
         results: Sequence[bytes] | None = None,
     ) -> int:
         applied = 0
-        now = time.time()
+        now = self.clock.time()
         with self._lock:
             for i, token in enumerate(tokens):
                 rec = self._leased(token)
@@ -285,7 +285,7 @@ class MemoryStore(MemoryCommands):
             return min(dues, default=None)
 
     def counts(self) -> Counts:
-        now = time.time()
+        now = self.clock.time()
         with self._lock:
             recs = list(self._records.values())
         waiting = [
@@ -329,7 +329,7 @@ class MemoryStore(MemoryCommands):
             rec = self._records.get(id)
             if rec is None:
                 return None
-            waiting = rec.state == State.READY and rec.due > time.time()
+            waiting = rec.state == State.READY and rec.due > self.clock.time()
             return rec.public(State.SCHEDULED if waiting else None)
 
     def revive(self, ids: Sequence[int] | None, *, now: float) -> list[int]:

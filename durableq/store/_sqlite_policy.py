@@ -20,6 +20,7 @@ from .._records import Counts, Failure, Priority, Record, State
 from ._sqlite import guarded
 
 if TYPE_CHECKING:
+    from .._clock import Clock
     from .._policy import Retention
 
 _READY, _IN_FLIGHT, _DONE, _DEAD, _EXPIRED = (
@@ -53,6 +54,7 @@ class PolicyVerbs:
     """Mixed into ``DiskcacheStore``; relies on its connections and transactions."""
 
     retention: Retention
+    clock: Clock
     _uncollected: int
     _rng = random.Random()
 
@@ -184,7 +186,7 @@ class PolicyVerbs:
 
     @guarded
     def counts(self) -> Counts:
-        now = time.time()
+        now = self.clock.time()
         waiting = self._read(
             "SELECT m.due > ?, m.priority, count(*), min(m.created) FROM q.dq_message AS m "
             f"LEFT JOIN dq_delivery AS d ON d.id = m.id WHERE {_WAITING} "
@@ -247,7 +249,7 @@ class PolicyVerbs:
         ledger = self._read("SELECT state, attempts FROM dq_delivery WHERE id = ?", (id,))
         if ledger:
             row[1], row[4] = ledger[0]
-        elif row[1] == _READY and row[3] > time.time():
+        elif row[1] == _READY and row[3] > self.clock.time():
             row[1] = int(State.SCHEDULED)
         return _record(row)
 
@@ -313,7 +315,7 @@ class PolicyVerbs:
         if r.age is not None:
             ids.update(i for (i,) in con.execute(
                 f"SELECT id FROM dq_message WHERE {history} AND finished < ?",
-                (time.time() - r.age,),
+                (self.clock.time() - r.age,),
             ))
         if r.count is not None:
             ids.update(i for (i,) in con.execute(
@@ -327,7 +329,7 @@ class PolicyVerbs:
                 f"UPDATE dq_message SET state = {_DONE}, body = x'', finished = NULL WHERE id = ?",
                 (top,),
             )
-        cutoff = time.time() - r.age if r.age is not None else float("-inf")
+        cutoff = self.clock.time() - r.age if r.age is not None else float("-inf")
         self._ledger().execute(
             "DELETE FROM dq_failure WHERE time < ? OR id <= "
             "(SELECT max(id) FROM dq_failure) - ?",
