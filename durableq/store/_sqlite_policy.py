@@ -60,6 +60,7 @@ class PolicyVerbs:
 
     if TYPE_CHECKING:
         def _ledger(self) -> sqlite3.Connection: ...
+        def _messages(self) -> sqlite3.Connection: ...
         def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
         def _write(self, con: sqlite3.Connection, begin: str = ...) -> Any: ...
         def collect(self, *, wait: bool = True) -> int: ...
@@ -230,6 +231,8 @@ class PolicyVerbs:
         """Finished messages (done, expired, dead) in ``states``, newest first."""
         if self._uncollected:
             self.collect()
+        if self._collected:
+            self.trim()
         marks = ",".join("?" * len(states))
         rows = self._read(
             f"{_RECORD} WHERE finished >= ? AND state IN ({marks}) "
@@ -305,6 +308,14 @@ class PolicyVerbs:
                 (top,),
             )
 
+    @guarded
+    def trim(self) -> None:
+        """Apply the retention policy now (``collect`` does every ``TRIM_EVERY`` rows)."""
+        con = self._messages()
+        with self._write(con):
+            (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
+            self._trim(con, top)
+
     def _trim(self, con: sqlite3.Connection, top: int) -> None:
         """Apply the retention policy to history; ``con`` is the message file, in a write
         transaction."""
@@ -320,7 +331,7 @@ class PolicyVerbs:
         if r.count is not None:
             ids.update(i for (i,) in con.execute(
                 f"SELECT id FROM dq_message WHERE {history} "
-                "ORDER BY finished DESC LIMIT -1 OFFSET ?",
+                "ORDER BY finished DESC, id DESC LIMIT -1 OFFSET ?",
                 (r.count,),
             ))
         con.executemany("DELETE FROM dq_message WHERE id = ?", [(i,) for i in ids if i != top])
