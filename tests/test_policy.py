@@ -190,7 +190,9 @@ def test_bad_dates_are_refused_with_the_option_named(qpath: Path) -> None:
 # -- retries, dead letters, failure log ------------------------------------------------------
 
 
-def test_nack_retries_with_backoff_then_the_message_is_dead(qpath: Path, clock: ManualClock) -> None:
+def test_nack_retries_with_backoff_then_the_message_is_dead(
+    qpath: Path, clock: ManualClock
+) -> None:
     policy = RetryPolicy(retries=2, backoff=10, jitter=False, demote=False)
     q = manual(qpath, clock, retry=policy)
     q.put("flaky")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
