@@ -51,3 +51,15 @@ def test_expired_leases_and_quarantine(tmp_path: Path) -> None:
     assert store.counts().dead == 3
     assert store.revive([4], now=NOW) == [4]
     assert [r.id for r in store.listing([State.READY], now=NOW)] == [4, 5]
+
+
+def test_tallies_agree_with_counts(tmp_path: Path) -> None:
+    store = _store(tmp_path / "q")
+    counts = store.counts()
+    assert store.tallies() == {
+        "put_total": 6, "acked_total": 1, "late_total": 0, "in_flight": 1, "dead": 1,
+        "expired": 0,
+    }
+    assert (counts.in_flight, counts.dead, counts.acked_total) == (1, 1, 1)
+    store.collect()
+    assert store.tallies()["dead"] == 1

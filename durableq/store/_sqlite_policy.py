@@ -365,6 +365,28 @@ class PolicyVerbs:
         return [_record(r) for r in rows[:limit]]
 
     @guarded
+    def tallies(self) -> dict[str, int]:
+        """The counts that cost an index seek or a count over a small set, never a scan
+        of the backlog: lifetime totals, messages in flight, dead and expired. For
+        refreshing views (``durableq top``); ``counts()`` is exact but scans waiting
+        messages (about 1 s per million)."""
+        (put_total,) = self._read("SELECT max(id) FROM q.dq_message")[0]
+        meta = dict(self._read("SELECT name, value FROM dq_meta"))
+        ledger = dict(self._read("SELECT state, count(*) FROM dq_delivery GROUP BY state"))
+        kept = dict(self._read(
+            f"SELECT state, count(*) FROM q.dq_message WHERE state IN ({_DEAD}, {_EXPIRED}) "
+            "GROUP BY state"
+        ))
+        return {
+            "put_total": put_total or 0,
+            "acked_total": meta.get("acked_total", 0),
+            "late_total": meta.get("late_total", 0),
+            "in_flight": ledger.get(_IN_FLIGHT, 0),
+            "dead": ledger.get(_DEAD, 0) + kept.get(_DEAD, 0),
+            "expired": ledger.get(_EXPIRED, 0) + kept.get(_EXPIRED, 0),
+        }
+
+    @guarded
     def expired_leases(self, before: float, limit: int = 100) -> list[tuple[int, float]]:
         """``(id, lease expiry)`` of in-flight messages whose lease ran out before
         ``before``, oldest id first: leases a live owner should have taken back."""
