@@ -211,6 +211,16 @@ def test_construction_errors(tmp_path: Path) -> None:
         pickle.dumps(CommandQueue(store=MemoryStore()))
 
 
+def test_a_path_queue_pickles_by_path(tmp_path: Path) -> None:
+    cq = CommandQueue(path=tmp_path / "c.q", lease=7)
+    cq.enqueue("dev", "x")
+    clone = pickle.loads(pickle.dumps(cq))
+    assert [c.payload for c in clone.drain("dev")] == ["x"]
+    assert cq.pending("dev") == []
+    clone.close()
+    cq.close()
+
+
 def test_errors_pickle_with_their_fields() -> None:
     for exc in (CommandNotFound(7), CommandStateError(7, "cancel", "it expired")):
         clone = pickle.loads(pickle.dumps(exc))
