@@ -64,6 +64,8 @@ class CommandQueue:
         lease: seconds a command drained with ``ack=True`` waits for its ack before a
             later drain takes it again (sooner if the draining process died).
         sync: ``"normal"`` survives process crashes, ``"full"`` also power loss (with ``path``).
+        trusted: open ``path`` even if another user could write to it (see
+            ``durableq.UnsafePath``); otherwise that raises.
         clock: wall-clock seconds (``time.time``); expiry and leases are compared to it.
 
     Raises:
@@ -79,6 +81,7 @@ class CommandQueue:
         serializer: str | Serializer = "auto",
         lease: float = 30.0,
         sync: str = "normal",
+        trusted: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if (path is None) == (store is None):
@@ -87,7 +90,9 @@ class CommandQueue:
             raise TypeError(f"store {store!r} does not implement the CommandStore verbs")
         self._lease = _seconds("lease", lease)
         self._owns_store = store is None
-        self._store: CommandStore = DiskcacheStore(path, sync=sync) if store is None else store
+        self._store: CommandStore = (
+            DiskcacheStore(path, sync=sync, trusted=trusted) if store is None else store
+        )
         self._serializer = get_serializer(serializer)
         self._clock = clock
 

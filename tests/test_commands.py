@@ -209,6 +209,12 @@ def test_construction_errors(tmp_path: Path) -> None:
         CommandQueue(store=MemoryStore(), lease=0)
     with pytest.raises(TypeError, match="lives in one process"):
         pickle.dumps(CommandQueue(store=MemoryStore()))
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(durableq.UnsafePath):
+        CommandQueue(path=shared)
+    CommandQueue(path=shared, trusted=True).close()
 
 
 def test_a_path_queue_pickles_by_path(tmp_path: Path) -> None:
