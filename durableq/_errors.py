@@ -144,6 +144,17 @@ class TaskTimeout(DurableQError, TimeoutError):
         return (type(self), (self.task_id, self.timeout, self.attempts))
 
 
+class TaskExpired(DurableQError):
+    """A task was not started before its ``ttl`` / ``expires_at``; it never ran."""
+
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id} expired before it could start; it did not run")
+
+    def __reduce__(self) -> tuple[type[TaskExpired], tuple[int]]:
+        return (type(self), (self.task_id,))
+
+
 class TaskAbandoned(DurableQError):
     """The executor stopped before this task ran to the end (``kill_workers()``, a task
     scheduled past shutdown, a worker lost while shutting down with ``cancel_futures``).

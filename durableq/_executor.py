@@ -10,6 +10,7 @@ unfinished and ``recovered()`` hands back futures for the earlier run's tasks.
 from __future__ import annotations
 
 import itertools
+import logging
 import multiprocessing
 import os
 import threading
@@ -19,15 +20,30 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
+from ._admin import admin
+from ._admin_api import AdminMixin
+from ._clock import SYSTEM, Clock
 from ._errors import TaskAbandoned
 from ._lazy import Gate, Lazy, lazy_of
 from ._limits import MemoryWatch, auto_size, memory_limits
 from ._owner import claim
-from ._records import Fault
-from ._schedule import due_of, priority_of
-from ._task import Options, check_options, chunks, decode_outcome, encode_call, encode_chunk
+from ._policy import DEFAULT_RETENTION, Retention
+from ._records import Failure, Fault
+from ._report import ErrorGroup, group
+from ._schedule import DEADLINE_WINDOW, timing_of
+from ._task import (
+    Options,
+    check_options,
+    chunks,
+    decode_call,
+    decode_outcome,
+    encode_call,
+    encode_chunk,
+)
 from ._workers import Dispatcher
 from .store import MemoryStore, Store
+
+log = logging.getLogger("durableq")
 
 #: Tasks committed per transaction by ``map``.
 SUBMIT_BATCH = 1024
@@ -149,7 +165,7 @@ class _State:
                 fut.set_exception(exc)
 
 
-class Executor(futures.Executor):
+class Executor(AdminMixin, futures.Executor):
     """A ``ProcessPoolExecutor`` that loses no task and never breaks.
 
     Args:
@@ -163,9 +179,21 @@ class Executor(futures.Executor):
         max_tasks_per_child: replace a worker after this many tasks.
         path: directory keeping tasks and results; ``None`` keeps them in memory (a dead
             worker is still survived, a dead parent is not).
-        max_attempts: runs of a task whose worker dies or times out, before its future
-            raises ``WorkerCrashed`` / ``TaskTimeout``.
+        max_attempts: runs of a task whose worker dies, before its future raises
+            ``WorkerCrashed``.
         timeout: seconds a task may run before its worker is killed (default: no limit).
+        retries: runs again after the task raised (an exception in ``retry_on``), before its
+            future gets the exception; ``None``: no limit. Default 0, as ProcessPoolExecutor.
+        backoff, backoff_cap, jitter, demote, retry_on, timeout_retries: the rest of the
+            retry policy (``durableq.RetryPolicy``); ``timeout_retries`` (default 0) counts
+            runs past ``timeout`` separately from crashes. Each can be set per task with
+            ``options()``.
+        deadline_window: seconds before a task's ``deadline`` it runs as HIGH priority.
+        history: what to keep of finished tasks and failures (see ``durableq.Queue``).
+        on_recurring_error: called with a ``durableq.ErrorGroup`` when failures sharing one
+            fingerprint reach ``threshold`` in this run (on the dispatcher thread: keep it
+            short; what it raises is logged).
+        clock: where scheduling reads the time (a ``ManualClock`` in tests).
         wait_for_owner: wait for another process owning ``path`` to exit, instead of
             raising ``QueueLocked``.
         trusted: open ``path`` even if another user could write to it (dangerous:
@@ -194,6 +222,18 @@ class Executor(futures.Executor):
         lazy: Lazy | bool | None = None,
         max_worker_memory: int | str | None = None,
         hard_worker_memory: int | str | None = None,
+        retries: int | None = 0,
+        backoff: float = 0.0,
+        backoff_cap: float = 300.0,
+        jitter: bool = True,
+        demote: bool = True,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        timeout_retries: int | None = 0,
+        deadline_window: float = DEADLINE_WINDOW,
+        history: Any = DEFAULT_RETENTION,
+        on_recurring_error: Callable[[ErrorGroup], Any] | None = None,
+        threshold: int = 10,
+        clock: Clock = SYSTEM,
     ) -> None:
         lazy_limits = lazy_of(lazy)
         soft, hard = memory_limits(max_worker_memory, hard_worker_memory)
@@ -210,7 +250,17 @@ class Executor(futures.Executor):
             not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0
         ):
             raise ValueError("max_tasks_per_child must be >= 1")
-        self._options = check_options(timeout, max_attempts)
+        self._options = check_options(
+            timeout, max_attempts, retries=retries, backoff=backoff, backoff_cap=backoff_cap,
+            jitter=jitter, demote=demote, retry_on=retry_on, timeout_retries=timeout_retries,
+        )
+        retention = Retention.of(history)
+        if not (isinstance(threshold, int) and threshold >= 1):
+            raise ValueError(f"threshold must be an int >= 1, not {threshold!r}")
+        if on_recurring_error is not None and not callable(on_recurring_error):
+            raise TypeError("on_recurring_error must be a callable")
+        self._window = float(deadline_window)
+        self._clock = clock
         if mp_context is None:
             # As ProcessPoolExecutor: recycled workers are forked from a thread, which the
             # fork start method does not survive reliably; spawn them instead.
@@ -232,8 +282,10 @@ class Executor(futures.Executor):
             trusted=trusted,
         )
         self._store: Store = store
+        store.retention, store.clock = retention, clock
         self._earlier = store.counts().put_total  # ids up to here belong to earlier runs
         self._recovered: dict[int, TaskFuture] | None = None
+        self._handed: dict[int, TaskFuture] = {}  # revived or replayed, not yet asked for
         self._state = state = _State(keep_results=durable, earlier=self._earlier)
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
@@ -272,6 +324,12 @@ class Executor(futures.Executor):
             note=note,
         )
         self._max_workers = max_workers
+        self._dispatcher.clock = clock
+        subscribe = getattr(clock, "subscribe", None)
+        if subscribe is not None:  # a ManualClock: moving it wakes the dispatcher
+            subscribe(self._dispatcher.scheduled)
+        if on_recurring_error is not None:
+            self._dispatcher.on_failure = _recurring(on_recurring_error, threshold)
         self._dispatcher.on_exit = _closer(self._dispatcher, store, state, lock)
         self._cancelled = _canceller(state, self._dispatcher)
         _live.add(self._dispatcher)
@@ -304,13 +362,17 @@ class Executor(futures.Executor):
     ) -> list[TaskFuture]:
         opts = opts or self._options
         state = self._state
-        band, due = priority_of(opts.priority), due_of(opts.not_before, opts.delay)
+        timing = timing_of(
+            priority=opts.priority, not_before=opts.not_before, delay=opts.delay,
+            deadline=opts.deadline, ttl=opts.ttl, expires_at=opts.expires_at,
+            window=self._window, clock=self._clock,
+        )
         with self._shutdown_lock:  # registered before shutdown() can look at the futures
             self._check_open()
-            ids = self._store.put_many(payloads, priority=band, due=due)
+            ids = self._store.put_many(payloads, **timing._asdict())
             fs = [TaskFuture(i, self._cancelled) for i in ids]
             state.register(fs)
-        if due > time.time():
+        if timing.due > self._clock.time() or timing.event() is not None:
             self._dispatcher.scheduled()
         else:
             self._dispatcher.nudge()
@@ -393,11 +455,59 @@ class Executor(futures.Executor):
         """A view of this executor whose ``submit`` and ``map`` carry other task options:
         ``timeout`` (seconds or None), ``max_attempts``, ``priority`` (``"high"``,
         ``"medium"``, ``"low"``), ``not_before`` (datetime or epoch seconds) or ``delay``
-        (seconds). Unnamed ones keep the executor's."""
+        (seconds), ``deadline``, ``ttl`` or ``expires_at``, and the retry policy:
+        ``retries``, ``backoff``, ``backoff_cap``, ``jitter``, ``demote``, ``retry_on``,
+        ``timeout_retries``. Unnamed ones keep the executor's."""
         unknown = set(options) - set(Options._fields)
         if unknown:
             raise TypeError(f"unknown task options: {', '.join(sorted(unknown))}")
         return TaskOptions(self, check_options(*self._options._replace(**options)))
+
+    # -- failure policy: reads and repairs (AdminMixin) ----------------------------------------
+
+    def _admin(self, name: str, *args: Any) -> Any:
+        result = admin(self._store, name, args, self._clock.time())
+        self._dispatcher.scheduled()  # a repair may have made tasks ready or due
+        return result
+
+    def _decode(self, body: bytes) -> Any:
+        return decode_call(body)
+
+    def retry_dead(self, ids: int | Iterable[int] | None = None) -> list[int]:
+        """Run dead tasks (all when ``ids`` is None) again with fresh budgets; their new
+        futures are in ``task_futures(ids)``. Returns the ids revived."""
+        with self._shutdown_lock:
+            self._check_open()
+            revived = super().retry_dead(ids)
+            self._hand_out(revived)
+        return revived
+
+    def replay(self, ids: int | Iterable[int]) -> list[int]:
+        """Submit copies of finished tasks as new tasks; returns their ids (futures in
+        ``task_futures(ids)``)."""
+        with self._shutdown_lock:
+            self._check_open()
+            new = super().replay(ids)
+            self._hand_out(new)
+        self._dispatcher.nudge()
+        return new
+
+    def _hand_out(self, ids: list[int]) -> None:
+        fs = [TaskFuture(i, self._cancelled) for i in ids]
+        self._state.register(fs)
+        with self._state.lock:
+            self._handed.update((f.task_id, f) for f in fs)
+
+    def task_futures(self, ids: Iterable[int]) -> dict[int, TaskFuture]:
+        """The futures of tasks revived by ``retry_dead`` or replayed by ``replay`` (each
+        handed out once), or of any task of this run still pending."""
+        out = {}
+        with self._state.lock:
+            for i in ids:
+                fut = self._handed.pop(i, None) or self._state.futures.get(i)
+                if fut is not None:
+                    out[i] = fut
+        return out
 
     # -- after a crash ------------------------------------------------------------------------
 
@@ -517,6 +627,25 @@ def _result_or_cancel(fut: TaskFuture, timeout: float | None) -> Any:
     finally:
         fut.cancel()
         del fut
+
+
+def _recurring(hook: Callable[[ErrorGroup], Any], threshold: int) -> Callable[[Failure], None]:
+    """Count failures per fingerprint; call ``hook`` once a group reaches ``threshold``."""
+    seen: dict[str, list[Failure]] = {}
+
+    def on_failure(failure: Failure) -> None:
+        (g,) = group([failure])
+        members = seen.setdefault(g.fingerprint, [])
+        if len(members) >= threshold:
+            return  # reported already
+        members.append(failure)
+        if len(members) == threshold:
+            try:
+                hook(group(members)[0])
+            except Exception:
+                log.exception("durableq: on_recurring_error raised")
+
+    return on_failure
 
 
 def _closer(dispatcher: Dispatcher, store: Store, state: _State, lock: Any) -> Callable[[], None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -116,7 +117,9 @@ class FailedAttempt(NamedTuple):
     failure: Failure | None = None  #: logged when given
     retryable: bool = True  #: False: the exception is not one the policy retries
     delay: float | None = None  #: explicit wait (``nack(delay=...)``) instead of the backoff
-    result: bytes | None = None  #: kept as the final outcome if the message ends dead
+    #: Kept as the final outcome if the message ends dead; a callable gets the failure
+    #: count of this cause (a crash's outcome says how many crashes it took).
+    result: bytes | Callable[[int], bytes] | None = None
 
 
 def decide(

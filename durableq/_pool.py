@@ -40,6 +40,7 @@ from multiprocessing.pool import CLOSE, RUN, TERMINATE
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from ._admin_api import AdminMixin
 from ._executor import SUBMIT_BATCH, Executor
 from ._lazy import Lazy
 from ._limits import auto_size, memory_limits
@@ -51,7 +52,7 @@ T = TypeVar("T")
 _NO_KWDS: Mapping[str, Any] = MappingProxyType({})
 
 
-class Pool:
+class Pool(AdminMixin):
     """A ``multiprocessing.Pool`` whose tasks are stored durably and survive worker death.
 
     Args:
@@ -122,6 +123,7 @@ class Pool:
         )
         self.path = self._executor.path
         self._core = Core(self._executor, processes, options)
+        self.fault = self._executor.fault
         self._core.results_thread.start()
 
     # -- state --------------------------------------------------------------------------------
@@ -174,6 +176,14 @@ class Pool:
                 core.submit(result, encoded[start : start + SUBMIT_BATCH])
         finally:
             core.end()
+
+    # -- failure policy: reads and repairs (AdminMixin), over the executor's store ----------
+
+    def _admin(self, name: str, *args: Any) -> Any:
+        return self._executor._admin(name, *args)
+
+    def _decode(self, body: bytes) -> Any:
+        return self._executor._decode(body)
 
     def apply(
         self, func: Callable[..., T], args: Iterable[Any] = (), kwds: Mapping[str, Any] = _NO_KWDS

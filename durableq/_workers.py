@@ -22,11 +22,20 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Final
 
 from . import _worker
-from ._errors import InitializerFailed, StoreError, TaskTimeout, WorkerCrashed, describe_exit
+from ._clock import SYSTEM, Clock
+from ._errors import (
+    InitializerFailed,
+    StoreError,
+    TaskExpired,
+    TaskTimeout,
+    WorkerCrashed,
+    describe_exit,
+)
 from ._lazy import ALL, Gate
 from ._limits import MemoryWatch, describe
-from ._records import Fault, Leased, LeaseToken
-from ._task import encode_error, options_of
+from ._policy import CRASH, ERROR, TIMEOUT, FailedAttempt
+from ._records import Failure, Fault, Leased, LeaseToken
+from ._task import encode_error, error_of, header_of
 from ._wakeup import Wakeup
 from .store import Store
 
@@ -67,7 +76,7 @@ class Settled:
     """Outcomes waiting to be written to the store, then handed to futures."""
 
     acks: list[tuple[LeaseToken, bytes]] = field(default_factory=list)
-    dead: list[tuple[LeaseToken, bytes]] = field(default_factory=list)
+    failed: list[FailedAttempt] = field(default_factory=list)  # judged by their policy
     requeue: list[LeaseToken] = field(default_factory=list)
 
 
@@ -137,11 +146,9 @@ class Dispatcher(threading.Thread):
         self.retry_at = 0.0
         self.error: BaseException | None = None
         self.on_exit: Callable[[], None] = lambda: None
-        #: Failed attempts per task id: its worker died (or was killed on timeout) while
-        #: running it. Only these count against max_attempts: a task leased or queued but
-        #: never started, or cut short by the parent's own death, was not at fault. Kept in
-        #: memory: a poison task is stopped within one parent's lifetime.
-        self.failures: dict[int, int] = {}
+        #: Called with each failure logged (the executor counts recurring errors).
+        self.on_failure: Callable[[Failure], None] = lambda failure: None
+        self.clock: Clock = SYSTEM
         self.depth = 1  # tasks per worker: PIPELINE while recent tasks were short
         self.run_time = 1.0  # moving average of task run times, seconds
         #: Crashes and timeouts seen, for stats.
@@ -246,7 +253,8 @@ class Dispatcher(threading.Thread):
             if due is None:
                 self.maybe_scheduled = False  # until a scheduled put or a restart
             else:
-                deadline = min(deadline, time.monotonic() + max(0.0, due - time.time()))
+                wait_s = max(0.0, due - self.clock.time())
+                deadline = min(deadline, time.monotonic() + wait_s)
         timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
         ready: list[Any] = wait(waits, timeout)
         self.idle = False
@@ -271,7 +279,7 @@ class Dispatcher(threading.Thread):
     def _has_work(self) -> bool:
         if self.cancel or self.retry_at:
             return False
-        return bool(self.leased) or self.store.has_ready(time.time())
+        return bool(self.leased) or self.store.has_ready(self.clock.time())
 
     # -- handing out tasks --------------------------------------------------------------------
 
@@ -308,7 +316,11 @@ class Dispatcher(threading.Thread):
             ahead = LEASE_AHEAD if self.depth > 1 else 0
             try:
                 asked = max(want, ahead)
-                self.looked_at = time.time()
+                self.looked_at = self.clock.time()
+                if self.maybe_scheduled:  # deadlines' bumps to HIGH and expiries first
+                    expired = self.store.tick(self.looked_at)
+                    if expired:
+                        self.resolve([(i, encode_error(TaskExpired(i))) for i in expired])
                 got = self.store.lease(self.pool, asked, now=self.looked_at, ttl=LEASE_TTL)
                 self.leased += got
                 self.drained = len(got) < asked
@@ -344,7 +356,7 @@ class Dispatcher(threading.Thread):
 
     def _arm(self, w: _Worker, now: float) -> None:
         """The worker's first task is running from ``now``: arm its timeout."""
-        timeout = options_of(w.tasks[0].payload).timeout if w.tasks else None
+        timeout = header_of(w.tasks[0].payload).timeout if w.tasks else None
         w.deadline = now + timeout if timeout else float("inf")
         w.since = now
 
@@ -371,14 +383,18 @@ class Dispatcher(threading.Thread):
         if w.task is None or w.task.token != token:
             self.stale += 1  # a late outcome of an attempt given up on: fenced off
             return
-        w.tasks.popleft()
+        task = w.tasks.popleft()
         now = time.monotonic()
         self.run_time += (now - w.since - self.run_time) / 8
         self.depth = PIPELINE if self.run_time < SHORT_TASK else 1
         self._arm(w, now)
-        if self.failures:
-            self.failures.pop(token.id, None)
-        self.settled.acks.append((token, frame[_worker.FRAME.size :]))
+        outcome = frame[_worker.FRAME.size :]
+        error = error_of(outcome)
+        if error is None:
+            self.settled.acks.append((token, outcome))
+        else:  # raised: retried or not under the task's policy
+            kind, message, tb, retryable = error
+            self._judge(task, ERROR, w.process.pid, kind, message, tb, retryable, outcome)
         if self.memory is not None and w.budget > 0:
             size = self.memory.over_soft(w.process.pid)
             if size is not None:
@@ -423,7 +439,7 @@ class Dispatcher(threading.Thread):
         w.conn.close()
         if task is not None:
             self.timeouts += 1
-            self._failed(task, w.process.exitcode, timeout=options_of(task.payload).timeout)
+            self._failed(task, w.process.exitcode, timeout=header_of(task.payload).timeout)
             self._requeue_unstarted(w, started=1)
         self._spawn()
 
@@ -490,9 +506,9 @@ class Dispatcher(threading.Thread):
     def _failed(
         self, task: Leased, exitcode: int | None, timeout: float | None, why: str = ""
     ) -> None:
+        """The worker running ``task`` died or overran its timeout: a crash or a timeout,
+        judged by the task's ``max_attempts`` or ``timeout_retries``."""
         token = task.token
-        limit = options_of(task.payload).max_attempts
-        attempt = self.failures[token.id] = self.failures.get(token.id, 0) + 1
         what = (
             f"task {token.id} ran past its {timeout:g} s timeout; worker killed"
             if timeout
@@ -500,18 +516,39 @@ class Dispatcher(threading.Thread):
         ) + (f": {why}" if why else "")
         self.on_fault(
             Fault("task-timeout" if timeout else "worker-crashed", time.time(),
-                  f"{what} (attempt {attempt} of {limit})")
+                  f"{what} (delivery {token.attempt})")
         )
-        if attempt < limit:
-            self.settled.requeue.append(token)
-            return
-        self.failures.pop(token.id, None)
-        exc: BaseException = (
-            TaskTimeout(token.id, timeout, attempt)
-            if timeout
-            else WorkerCrashed(token.id, attempt, exitcode)
+
+        def final(count: int) -> bytes:
+            exc: BaseException = (
+                TaskTimeout(token.id, timeout, count)
+                if timeout
+                else WorkerCrashed(token.id, count, exitcode)
+            )
+            return encode_error(exc)
+
+        kind = "TaskTimeout" if timeout else "WorkerCrashed"
+        self._judge(task, TIMEOUT if timeout else CRASH, 0, kind, what, "", True, final)
+
+    def _judge(
+        self,
+        task: Leased,
+        cause: str,
+        pid: int,
+        kind: str,
+        message: str,
+        tb: str,
+        retryable: bool,
+        result: bytes | Callable[[int], bytes],
+    ) -> None:
+        head = header_of(task.payload)
+        failure = Failure(
+            time.time(), task.token.id, head.name, task.token.attempt, cause, kind, message,
+            tb, pid,
         )
-        self.settled.dead.append((token, encode_error(exc)))
+        self.settled.failed.append(
+            FailedAttempt(task.token, cause, head.policy, failure, retryable, None, result)
+        )
 
     def _broken(self, tb: str) -> None:
         if not self.stopping:
@@ -523,18 +560,32 @@ class Dispatcher(threading.Thread):
 
     def _settle(self) -> None:
         s = self.settled
-        if not (s.acks or s.dead or s.requeue):
+        if not (s.acks or s.failed or s.requeue):
             return
         keep = self.keep_results
+        dead: list[tuple[int, bytes]] = []
         try:
             if s.acks:
                 tokens = [t for t, _ in s.acks]
                 self.store.ack(tokens, results=[o for _, o in s.acks] if keep else None)
-            if s.dead:
-                tokens = [t for t, _ in s.dead]
-                self.store.nack(
-                    tokens, requeue=False, results=[o for _, o in s.dead] if keep else None
-                )
+            if s.failed:
+                now = self.clock.time()
+                judged = s.failed if keep else [a._replace(result=None) for a in s.failed]
+                verdicts = self.store.fail(judged, now=now)
+                for attempt, verdict in zip(s.failed, verdicts, strict=True):
+                    if verdict is None:
+                        continue
+                    if attempt.failure is not None:
+                        self.on_failure(attempt.failure)
+                    if verdict.retry:
+                        self.drained = False
+                        if verdict.due > now:
+                            self.maybe_scheduled = True
+                        continue
+                    result = attempt.result
+                    if callable(result):
+                        result = result(verdict.failures)
+                    dead.append((attempt.token.id, result or b""))
             if s.requeue:
                 self.store.nack(s.requeue, requeue=True)
                 self.drained = False
@@ -543,7 +594,7 @@ class Dispatcher(threading.Thread):
             self._store_failed(exc)
             return
         self.settled = Settled()
-        self.resolve([(t.id, o) for t, o in s.acks + s.dead])
+        self.resolve([(t.id, o) for t, o in s.acks] + dead)
 
     def _store_failed(self, exc: StoreError) -> None:
         self.retry_at = time.monotonic() + STORE_RETRY

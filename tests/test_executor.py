@@ -217,8 +217,9 @@ def test_an_idle_worker_killed_is_replaced() -> None:
 
 
 def test_a_task_past_its_timeout_is_killed_and_fails_with_task_timeout() -> None:
-    with Executor(1, max_attempts=2) as ex:
-        slow = ex.options(timeout=0.2).submit(sleep_for, 60)
+    # Timeouts have their own budget: timeout_retries=1 allows two runs.
+    with Executor(1, max_attempts=5) as ex:
+        slow = ex.options(timeout=0.2, timeout_retries=1).submit(sleep_for, 60)
         with pytest.raises(TaskTimeout) as info:
             slow.result(TIMEOUT)
         assert isinstance(info.value, TimeoutError)

@@ -70,9 +70,9 @@ class Store(Protocol):
         the newest ``limit``."""
         ...
 
-    def tick(self, now: float) -> int:
+    def tick(self, now: float) -> list[int]:
         """Bump messages whose deadline window opened to HIGH, expire undelivered ones past
-        their expiry; returns how many changed."""
+        their expiry; returns the ids that expired."""
         ...
 
     def records(

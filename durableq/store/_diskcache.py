@@ -21,15 +21,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar, Final
 
 import diskcache
 
-from .._errors import ConfigurationError, StoreError
 from .._clock import SYSTEM, Clock
+from .._errors import ConfigurationError, StoreError
 from .._policy import Retention
 from .._records import Fault, Leased, LeaseToken, Priority, State
 from .._security import DATABASES, create_private, make_directory, tighten

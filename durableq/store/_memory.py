@@ -9,7 +9,6 @@ import collections
 import heapq
 import random
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -112,8 +111,7 @@ class MemoryStore(MemoryCommands):
                     not_due.append(entry)  # a later band may still have due messages
                     continue
                 if rec.expires is not None and rec.expires <= now:
-                    self._finish(rec, State.EXPIRED, now)
-                    continue
+                    continue  # expired: tick() files it (and says so)
                 rec.state, rec.lease_expiry = State.IN_FLIGHT, now + ttl
                 rec.attempts += 1
                 if rec.deadline is not None and rec.deadline < now:
@@ -193,8 +191,9 @@ class MemoryStore(MemoryCommands):
                     self._release(rec)
                 else:
                     self._finish(rec, State.DEAD, now)
-                    if a.result is not None:
-                        self._results[rec.id] = bytes(a.result)
+                    result = a.result(verdict.failures) if callable(a.result) else a.result
+                    if result is not None:
+                        self._results[rec.id] = bytes(result)
                 if a.failure is not None:
                     self._failures.append(a.failure)
                 out.append(verdict)
@@ -247,8 +246,8 @@ class MemoryStore(MemoryCommands):
                 self._release(rec)
         return len(expired)
 
-    def tick(self, now: float) -> int:
-        changed = 0
+    def tick(self, now: float) -> list[int]:
+        expired: list[int] = []
         with self._lock:
             while self._bumps and self._bumps[0][0] <= now:
                 _, id_ = heapq.heappop(self._bumps)
@@ -258,14 +257,13 @@ class MemoryStore(MemoryCommands):
                     rec.priority = int(Priority.HIGH)
                     if rec.state == State.READY:
                         heapq.heappush(self._ready, (rec.priority, rec.due, rec.id))
-                    changed += 1
             while self._expiries and self._expiries[0][0] <= now:
                 _, id_ = heapq.heappop(self._expiries)
                 rec = self._records.get(id_)
                 if rec is not None and rec.state == State.READY:
                     self._finish(rec, State.EXPIRED, now)
-                    changed += 1
-        return changed
+                    expired.append(id_)
+        return expired
 
     def has_ready(self, now: float) -> bool:
         with self._lock:

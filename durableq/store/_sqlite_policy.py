@@ -104,10 +104,10 @@ class PolicyVerbs:
                     )
                 if not verdict.retry:
                     self._uncollected += 1
-                    if a.result is not None:
+                    result = a.result(verdict.failures) if callable(a.result) else a.result
+                    if result is not None:
                         con.execute(
-                            "INSERT OR REPLACE INTO dq_result VALUES (?, ?)",
-                            (a.token.id, a.result),
+                            "INSERT OR REPLACE INTO dq_result VALUES (?, ?)", (a.token.id, result)
                         )
                 if a.failure is not None:
                     con.execute(
@@ -138,27 +138,28 @@ class PolicyVerbs:
     # -- time: deadlines and expiry ----------------------------------------------------------
 
     @guarded
-    def tick(self, now: float) -> int:
+    def tick(self, now: float) -> list[int]:
         """Bump messages whose deadline window opened to HIGH and expire undelivered ones
-        past their expiry. Returns how many changed; writes nothing when none is due."""
+        past their expiry. Returns the ids that expired; writes nothing when none is due."""
         bump = self._read("SELECT 1 FROM q.dq_message WHERE bump <= ? LIMIT 1", (now,))
-        expire = self._read(
-            "SELECT 1 FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id "
-            f"WHERE m.expires <= ? AND {_WAITING} LIMIT 1",
+        expired = [i for (i,) in self._read(
+            "SELECT m.id FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id "
+            f"WHERE m.expires <= ? AND {_WAITING}",
             (now,),
-        )
-        if not (bump or expire):
-            return 0
+        )]
+        if not (bump or expired):
+            return []
         con = self._ledger()
         with self._write(con, "BEGIN"):
-            changed: int = con.execute(
+            con.execute(
                 f"UPDATE q.dq_message SET priority = {int(Priority.HIGH)}, bump = NULL "
                 "WHERE bump <= ?",
                 (now,),
-            ).rowcount
-            expired: int = con.execute(_EXPIRE, (now, now)).rowcount if expire else 0
-        self._uncollected += expired
-        return changed + expired
+            )
+            if expired:
+                con.execute(_EXPIRE, (now, now))
+        self._uncollected += len(expired)
+        return expired
 
     @guarded
     def next_due(self, now: float) -> float | None:
