@@ -11,8 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from durableq._policy import Retention
-from durableq import DiskcacheStore, LeaseToken, MemoryStore, Priority, Store, StoreError
+from durableq import (
+    DiskcacheStore,
+    Failure,
+    LeaseToken,
+    ManualClock,
+    MemoryStore,
+    Priority,
+    RetryPolicy,
+    State,
+    Store,
+    StoreError,
+)
+from durableq._policy import FailedAttempt, Retention
 
 T0 = 1_000.0
 
@@ -133,6 +144,85 @@ class StoreContract:
         store.record_fault(Fault("a", 1.0, "first"))
         store.record_fault(Fault("b", 2.0, "second"))
         assert [f.kind for f in store.faults()] == ["a", "b"]
+
+
+    # -- failure policy, dates and history ----------------------------------------------------
+
+    def _failure(self, token: LeaseToken, cause: str = "error") -> Failure:
+        return Failure(T0, token.id, "task", token.attempt, cause, "E", "msg 1", "tb", 7)
+
+    def test_fail_retries_under_the_policy_then_buries_with_the_result(self, store: Store) -> None:
+        store.clock = ManualClock(T0)
+        (id_,) = store.put_many([b"x"], due=T0)
+        policy = RetryPolicy(retries=1, backoff=10, jitter=False)
+        (a,) = store.lease("me", 1, now=T0, ttl=30)
+        (v,) = store.fail([FailedAttempt(a.token, "error", policy, self._failure(a.token))],
+                          now=T0)
+        assert v is not None and v.retry and v.due == T0 + 10 and v.priority == Priority.LOW
+        assert store.lease("me", 1, now=T0 + 9, ttl=30) == []
+        (b,) = store.lease("me", 1, now=T0 + 10, ttl=30)
+        (v2,) = store.fail(
+            [FailedAttempt(b.token, "error", policy, self._failure(b.token), result=b"out")],
+            now=T0 + 10,
+        )
+        assert v2 is not None and not v2.retry and v2.failures == 2
+        assert store.fail([FailedAttempt(b.token, "error", policy)], now=T0) == [None]  # stale
+        (dead,) = store.records([State.DEAD])
+        assert (dead.id, dead.body, dead.attempts) == (id_, b"x", 2)
+        assert store.results(id_) == {id_: b"out"}
+        assert [(f.id, f.attempt, f.cause) for f in store.failures()] == [
+            (id_, 1, "error"), (id_, 2, "error"),
+        ]
+        assert store.counts().dead == 1
+
+    def test_budgets_per_cause_are_separate(self, store: Store) -> None:
+        store.put_many([b"x"], due=T0)
+        policy = RetryPolicy(retries=0, max_attempts=2, demote=False)
+        (a,) = store.lease("me", 1, now=T0, ttl=30)
+        (v,) = store.fail([FailedAttempt(a.token, "crash", policy)], now=T0)
+        assert v is not None and v.retry  # crash 1 of 2
+        (b,) = store.lease("me", 1, now=T0, ttl=30)
+        (v,) = store.fail([FailedAttempt(b.token, "error", policy)], now=T0)
+        assert v is not None and not v.retry  # retries=0: the first exception buries it
+
+    def test_tick_bumps_near_deadlines_and_expires(self, store: Store) -> None:
+        store.clock = ManualClock(T0)
+        store.put_many([b"plain"], due=T0)
+        store.put_many([b"urgent"], due=T0, deadline=T0 + 100, bump=T0 + 50)
+        (stale,) = store.put_many([b"stale"], due=T0, expires=T0 + 20)
+        assert store.next_due(T0) == T0 + 20
+        assert store.tick(T0 + 60) == [stale]
+        assert store.next_due(T0 + 60) is None
+        leased = store.lease("me", 9, now=T0 + 60, ttl=30)
+        assert [x.payload for x in leased] == [b"urgent", b"plain"]
+        assert store.counts().expired == 1
+        assert [r.body for r in store.records([State.EXPIRED])] == [b"stale"]
+
+    def test_expired_messages_are_never_leased_even_before_tick(self, store: Store) -> None:
+        store.put_many([b"stale"], due=T0, expires=T0 + 5)
+        assert store.lease("me", 9, now=T0 + 6, ttl=30) == []
+
+    def test_history_revive_and_purge(self, store: Store) -> None:
+        store.clock = ManualClock(T0)
+        ids = store.put_many([b"a", b"b"], due=T0)
+        a, b = store.lease("me", 2, now=T0, ttl=30)
+        store.ack([a.token])
+        store.nack([b.token], requeue=False)
+        assert [r.body for r in store.records([State.DONE])] == [b"a"]
+        assert store.record(ids[0]) is not None
+        assert store.revive(None, now=T0) == [ids[1]]
+        (again,) = store.lease("me", 9, now=T0, ttl=30)
+        assert again.token.id == ids[1]
+        store.nack([again.token], requeue=False)
+        assert store.purge([State.DEAD], older_than=None) == 1
+        assert store.records([State.DEAD]) == []
+
+    def test_retention_zero_keeps_no_history(self, store: Store) -> None:
+        store.retention = Retention.of(0)
+        store.put_many([b"a"], due=T0)
+        (a,) = store.lease("me", 1, now=T0, ttl=30)
+        store.ack([a.token])
+        assert store.records([State.DONE]) == [] and store.counts().done == 0
 
 
 class TestMemoryStore(StoreContract):
