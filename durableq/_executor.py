@@ -679,6 +679,9 @@ def _canceller(state: _State, dispatcher: Dispatcher) -> Callable[[int], None]:
 
 _live: set[Dispatcher] = set()
 _interpreter_exiting = False
+# A forked worker inherits the set but none of its threads: its exit must not stop or join
+# its parent's dispatchers (joining one not yet started raised, and the worker exited 1).
+os.register_at_fork(after_in_child=_live.clear)
 
 
 def _at_exit() -> None:
