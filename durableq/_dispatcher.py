@@ -488,8 +488,10 @@ class Dispatcher(threading.Thread):
             return  # lazy mode holds: _timeout wakes us for the next check
         now = self.clock.time()
         wanted = sum(c.credit for c in self._waiters)
-        leased = self.store.lease(self.owner_id, wanted, now=now, ttl=self.ttl)
-        if len(leased) < wanted:
+        leased = self.store.lease(
+            self.owner_id, wanted, now=now, ttl=self.ttl, max_priority=band
+        )
+        if len(leased) < wanted and band == ALL:  # held: look again at the next check
             self._maybe_ready = False
             self._next_due = self.store.next_due(now)  # rebuilt from the store, one seek
         self.counters.delivered += len(leased)

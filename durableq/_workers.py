@@ -31,7 +31,7 @@ from ._errors import (
     WorkerCrashed,
     describe_exit,
 )
-from ._lazy import ALL, Gate
+from ._lazy import ALL, NONE, Gate
 from ._limits import MemoryWatch, describe
 from ._policy import CRASH, ERROR, TIMEOUT, FailedAttempt
 from ._records import Failure, Fault, Leased, LeaseToken
@@ -304,12 +304,17 @@ class Dispatcher(threading.Thread):
         ]
         if not slots:
             return
-        if self.gate is not None and self.gate.admit() != ALL:
-            return  # held: tasks leased ahead wait too; _round wakes us for the next check
+        band = self.gate.admit() if self.gate is not None else ALL
+        if band != ALL:
+            # Lazy mode holds (_round wakes us for the next check): tasks leased ahead wait,
+            # and with bypass="high" only HIGH ones are leased, to the front.
+            slots = slots[: self._lease_high(len(slots), band)]
+            if not slots:
+                return
         # Idle before looking at the store: a put from now on wakes us (nudge), so slots
         # left free after this lease need no second look before sleeping.
         self.idle = True
-        want = len(slots) - len(self.leased)
+        want = len(slots) - len(self.leased) if band == ALL else 0
         if want > 0 and self.drained and not self.maybe_scheduled:
             want = 0  # the last lease came up short and nothing was put or came due since
         if want > 0:
@@ -341,6 +346,24 @@ class Dispatcher(threading.Thread):
             self.store.ack(dropped)
         if len(leased) == len(slots):
             self.idle = False  # every slot taken: an outcome, not a put, wakes us next
+
+    def _lease_high(self, n: int, band: int) -> int:
+        """Lease up to ``n`` tasks of bands up to ``band`` ahead of those leased already;
+        returns how many. Tasks whose deadline is near were bumped to HIGH: they pass too."""
+        if band == NONE:
+            return 0
+        try:
+            now = self.clock.time()
+            if self.maybe_scheduled:
+                expired = self.store.tick(now)
+                if expired:
+                    self.resolve([(i, encode_error(TaskExpired(i))) for i in expired])
+            high = self.store.lease(self.pool, n, now=now, ttl=LEASE_TTL, max_priority=band)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return 0
+        self.leased.extendleft(reversed(high))
+        return len(high)
 
     def _send(self, w: _Worker, tasks: list[Leased]) -> None:
         """One write for all of a worker's new tasks: a system call is the round's cost."""

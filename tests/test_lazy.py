@@ -152,3 +152,38 @@ def test_a_lazy_executor_starts_nothing_new_while_overloaded(tmp_path: Path) -> 
 def test_a_pool_takes_lazy_too() -> None:
     with durableq.Pool(1, lazy=Lazy(sampler=FakeSampler())) as pool:
         assert pool.apply(square, (5,)) == 25
+
+
+def test_bypass_high_delivers_high_messages_while_holding_the_rest(tmp_path: Path) -> None:
+    sampler = FakeSampler(BUSY)
+    lazy = Lazy(check_every=0.02, bypass="high", sampler=sampler)
+    q = durableq.Queue(path=tmp_path / "q", lazy=lazy)
+    q.put("medium")
+    q.put("urgent", priority="high")
+    assert q.get(timeout=TIMEOUT) == "urgent"
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.2)
+    sampler.now = CALM
+    assert q.get(timeout=TIMEOUT) == "medium"
+    q.close()
+
+
+def test_bypass_high_runs_high_tasks_on_a_held_executor(tmp_path: Path) -> None:
+    sampler = FakeSampler(BUSY)
+    lazy = Lazy(check_every=0.02, bypass="high", sampler=sampler)
+    with durableq.Executor(1, path=tmp_path / "q", lazy=lazy) as ex:
+        low = ex.submit(square, 2)
+        high = ex.options(priority="high").submit(square, 3)
+        assert high.result(TIMEOUT) == 9
+        assert not low.running() and not low.done()
+        sampler.now = CALM
+        assert low.result(TIMEOUT) == 4
+
+
+def test_memory_store_leases_only_up_to_a_band() -> None:
+    store = durableq.MemoryStore()
+    store.put_many([b"m"], priority=durableq.Priority.MEDIUM)
+    store.put_many([b"h"], priority=durableq.Priority.HIGH)
+    got = store.lease("o", 5, now=time.time(), ttl=60, max_priority=durableq.Priority.HIGH)
+    assert [g.payload for g in got] == [b"h"]
+    assert [g.payload for g in store.lease("o", 5, now=time.time(), ttl=60)] == [b"m"]

@@ -49,9 +49,11 @@ class Store(Protocol):
         """
         ...
 
-    def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
+    def lease(
+        self, owner: str, n: int, *, now: float, ttl: float, max_priority: int = Priority.LOW
+    ) -> list[Leased]:
         """Move up to ``n`` ready, unexpired messages, in (priority, due, id) order, to
-        in-flight.
+        in-flight; only bands up to ``max_priority`` (lazy mode's bypass: HIGH alone).
 
         Each lease increments the message's attempt count, which becomes its token's attempt.
         """

@@ -117,6 +117,8 @@ SELECT m.id, coalesce(d.attempts, m.attempts), m.body, m.deadline
    AND (m.expires IS NULL OR m.expires > ?)
  ORDER BY m.priority, m.due, m.id LIMIT ?
 """
+#: Lazy mode's bypass: only bands up to a priority.
+_CANDIDATES_UPTO: Final = _CANDIDATES.replace(" ORDER BY", "   AND m.priority <= ?\n ORDER BY")
 # An upsert, not a replace: a redelivery keeps the message's failure counters.
 _LEASE: Final = f"""
 INSERT INTO dq_delivery (id, attempts, state, expiry, flags) VALUES (?, ?, {_IN_FLIGHT}, ?, ?)
@@ -318,10 +320,15 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
     # -- the owner's verbs: they write the ledger only --------------------------------------
 
     @guarded
-    def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
+    def lease(
+        self, owner: str, n: int, *, now: float, ttl: float, max_priority: int = Priority.LOW
+    ) -> list[Leased]:
         con = self._ledger()
         with self._write(con, "BEGIN"):
-            rows = con.execute(_CANDIDATES, (now, now, n)).fetchall()
+            if max_priority < Priority.LOW:
+                rows = con.execute(_CANDIDATES_UPTO, (now, now, max_priority, n)).fetchall()
+            else:
+                rows = con.execute(_CANDIDATES, (now, now, n)).fetchall()
             late = 0
             leases = []
             for id_, attempts, _, deadline in rows:

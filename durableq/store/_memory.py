@@ -98,11 +98,13 @@ class MemoryStore(MemoryCommands):
             return None
         return rec
 
-    def lease(self, owner: str, n: int, *, now: float, ttl: float) -> list[Leased]:
+    def lease(
+        self, owner: str, n: int, *, now: float, ttl: float, max_priority: int = Priority.LOW
+    ) -> list[Leased]:
         out: list[Leased] = []
         not_due: list[tuple[int, float, int]] = []
         with self._lock:
-            while self._ready and len(out) < n:
+            while self._ready and len(out) < n and self._ready[0][0] <= max_priority:
                 entry = heapq.heappop(self._ready)
                 rec = self._current(entry)
                 if rec is None:
