@@ -23,6 +23,7 @@ from durableq import (
     DiskcacheStore,
     LeaseToken,
     MemoryStore,
+    StoreTimeout,
 )
 from durableq.store import CommandRow
 
@@ -287,6 +288,23 @@ class TestDiskcacheCommandStore(CommandStoreContract):
                              now=T0) > h > a
         with pytest.raises(CommandStateError):
             s.command_cancel(h, now=T0)
+        s.command_close()
+
+    def test_a_drain_finding_nothing_takes_no_write_lock(self, tmp_path: Path) -> None:
+        s = DiskcacheStore(tmp_path / "q", timeout=0.2)
+        s.command_put("busy", b"x", command_type=None, expires_at=None, hold=False, now=T0)
+        s.command_put("held", b"x", command_type=None, expires_at=None, hold=True, now=T0)
+        other = sqlite3.connect(tmp_path / "q" / "commands.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process mid-write
+        try:
+            for target in ("idle", "held"):
+                assert s.command_drain(target, now=T0, limit=None, lease=None, holder=ME) == []
+            with pytest.raises(StoreTimeout):
+                s.command_drain("busy", now=T0, limit=None, lease=None, holder=ME)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert len(s.command_drain("busy", now=T0, limit=None, lease=None, holder=ME)) == 1
         s.command_close()
 
     def test_store_size_follows_live_commands(self, tmp_path: Path) -> None:

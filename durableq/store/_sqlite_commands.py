@@ -89,6 +89,10 @@ SELECT {_COLUMNS} FROM dq_command
  ORDER BY id
 """
 _TAKE: Final = _LIVE.format(states=f"{_READY}, {_IN_FLIGHT}")
+# A read first: a drain finding nothing takes no write lock (idle consumers, empty targets).
+_ANY: Final = (
+    f"SELECT 1 FROM dq_command WHERE target = ? AND state IN ({_READY}, {_IN_FLIGHT}) LIMIT 1"
+)
 _PENDING: Final = _LIVE.format(states=f"{_READY}, {_HELD}, {_IN_FLIGHT}")
 _HELD_ROWS: Final = _LIVE.format(states=f"{_HELD}")
 _LAST_ID: Final = "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'dq_command'"
@@ -193,6 +197,8 @@ class SQLiteCommands(SQLiteFiles):
         self, target: str, *, now: float, limit: int | None, lease: float | None, holder: int
     ) -> list[CommandRow]:
         con = self._command_db()
+        if not self._busy_retry("read", lambda: con.execute(_ANY, (target,)).fetchone()):
+            return []
         (pages,) = con.execute("PRAGMA wal_autocheckpoint").fetchone()
         con.execute(f"PRAGMA wal_autocheckpoint = {DRAIN_AUTOCHECKPOINT}")
         try:
