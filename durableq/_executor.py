@@ -41,7 +41,7 @@ from ._task import (
     encode_chunk,
 )
 from ._workers import Dispatcher
-from .store import MemoryStore, Store
+from .store import DiskcacheStore, MemoryStore, Store
 
 log = logging.getLogger("durableq")
 
@@ -204,6 +204,7 @@ class Executor(AdminMixin, futures.Executor):
             is over it after a task is replaced (as with ``max_tasks_per_child``).
         hard_worker_memory: a worker whose RSS is over it while it runs a task is killed;
             the attempt counts as a crash (``WorkerCrashed`` after ``max_attempts``).
+        key: the HMAC key stored tasks and results are signed with (as for ``Queue``).
     """
 
     def __init__(
@@ -234,6 +235,7 @@ class Executor(AdminMixin, futures.Executor):
         on_recurring_error: Callable[[ErrorGroup], Any] | None = None,
         threshold: int = 10,
         clock: Clock = SYSTEM,
+        key: bytes | str | None = None,
     ) -> None:
         lazy_limits = lazy_of(lazy)
         soft, hard = memory_limits(max_worker_memory, hard_worker_memory)
@@ -280,6 +282,7 @@ class Executor(AdminMixin, futures.Executor):
             sync="normal",
             wait=wait_for_owner,
             trusted=trusted,
+            key=key,
         )
         self._store: Store = store
         store.retention, store.clock = retention, clock
@@ -297,6 +300,9 @@ class Executor(AdminMixin, futures.Executor):
             state.faults.append(fault)
             fault_event.set()
             store.record_fault(fault)
+
+        if isinstance(store, DiskcacheStore):  # a quarantined record sets the fault Event
+            store.on_integrity_fault = on_fault
 
         def note(fault: Fault) -> None:  # logged, but nothing failed: the Event stays clear
             state.faults.append(fault)

@@ -27,6 +27,7 @@ def claim(
     sync: str,
     wait: bool,
     trusted: bool = False,
+    key: bytes | str | None = None,
 ) -> tuple[Store, OwnerLock | None, str, str | None]:
     """Lock the queue directory, open its store and requeue every lease of a dead owner.
 
@@ -47,7 +48,7 @@ def claim(
     lock = OwnerLock(lock_dir, wait=wait) if lock_dir else None
     try:
         if store is None:
-            store = DiskcacheStore(lock_dir, sync=sync, trusted=trusted)
+            store = DiskcacheStore(lock_dir, sync=sync, trusted=trusted, key=key)
         elif not isinstance(store, Store):
             raise TypeError(f"store must implement durableq.Store, not {type(store).__name__}")
         store.requeue_expired(float("inf"))  # leases of earlier owners: all of them died

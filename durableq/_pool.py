@@ -72,6 +72,7 @@ class Pool(AdminMixin):
             overloaded.
         max_worker_memory, hard_worker_memory: worker memory limits, as for ``Executor``
             (``processes="auto"`` too).
+        key: the HMAC key stored tasks are signed with (as for ``Queue``).
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class Pool(AdminMixin):
         lazy: Lazy | bool | None = None,
         max_worker_memory: int | str | None = None,
         hard_worker_memory: int | str | None = None,
+        key: bytes | str | None = None,
     ) -> None:
         if processes is None:
             processes = os.cpu_count() or 1
@@ -120,6 +122,7 @@ class Pool(AdminMixin):
             lazy=lazy,
             max_worker_memory=max_worker_memory,
             hard_worker_memory=hard_worker_memory,
+            key=key,
         )
         self.path = self._executor.path
         self._core = Core(self._executor, processes, options)

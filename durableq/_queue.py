@@ -40,7 +40,7 @@ from ._policy import DEFAULT_RETENTION, QUEUE_DEFAULT, Retention, RetryPolicy
 from ._records import Fault, LeaseToken, Priority
 from ._schedule import DEADLINE_WINDOW, Timing, timing_of
 from ._serializer import Serializer, get_serializer
-from .store import Store
+from .store import DiskcacheStore, Store
 
 AckMode = Literal["auto", "manual", "on_get"]
 _ACK_MODES = ("auto", "manual", "on_get")
@@ -95,6 +95,9 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
             can write a record can run code in every reader (docs/security.md).
         lazy: a ``durableq.Lazy`` (or True for its defaults): hold new deliveries while
             the machine is overloaded; messages already handed out are not affected.
+        key: the HMAC key every stored record is signed with (bytes, or 64 hex digits),
+            for queues several hosts share; default ``DURABLEQ_KEY``, else a random key
+            kept 0600 in ``path``. A record failing its check is quarantined, never read.
 
     Raises:
         QueueLocked: another live process owns ``path``.
@@ -125,6 +128,7 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         history: Any = DEFAULT_RETENTION,
         clock: Clock = SYSTEM,
         lazy: Lazy | bool | None = None,
+        key: bytes | str | None = None,
     ) -> None:
         if ack not in _ACK_MODES:
             raise ConfigurationError(f"ack must be one of {_ACK_MODES}, not {ack!r}")
@@ -152,7 +156,7 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         super().__init__(maxsize, ctx=ctx)
 
         store, lock, lock_dir, tmpdir = claim(
-            path, store, sync=sync, wait=wait_for_owner, trusted=trusted
+            path, store, sync=sync, wait=wait_for_owner, trusted=trusted, key=key
         )
 
         self._shared = _Shared(
@@ -194,6 +198,8 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
             clock=clock,
             lazy=lazy_limits,
         )
+        if isinstance(store, DiskcacheStore):  # a quarantined record sets the fault Event
+            store.on_integrity_fault = self._dispatcher.on_fault
         self._dispatcher.start()
         self._shutdown = util.Finalize(
             self, shutdown_owner, args=(self._dispatcher, store, lock, tmpdir), exitpriority=-10

@@ -18,6 +18,7 @@ class State(IntEnum):
     FAILED = 5
     DEAD = 6
     EXPIRED = 7  #: not delivered before its ``ttl`` / ``expires_at``; never runs
+    QUARANTINED = 8  #: failed its HMAC check: kept aside, never deserialized
 
 
 class Priority(IntEnum):
@@ -63,6 +64,7 @@ class Counts:
     by_priority: dict[str, int] = field(default_factory=dict)
     next_due: float | None = None  #: epoch time the next scheduled message comes due
     oldest_ready_age: float | None = None  #: seconds the oldest ready message has waited
+    quarantined: int = 0  #: records that failed their HMAC check, kept aside
 
     def as_dict(self) -> dict[str, Any]:
         """The counts as the ``stats()`` keys every queue, executor and reader share."""

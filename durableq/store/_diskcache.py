@@ -32,6 +32,7 @@ from .._errors import ConfigurationError, StoreError
 from .._policy import Retention
 from .._records import Fault, Leased, LeaseToken, Priority, State
 from .._security import DATABASES, create_private, make_directory, tighten
+from ._integrity import Integrity
 from ._sqlite import SYNC, Busy, SQLiteFiles, guarded
 from ._sqlite_commands import SQLiteCommands
 from ._sqlite_policy import PolicyVerbs
@@ -100,8 +101,9 @@ CREATE INDEX IF NOT EXISTS dq_failure_msg ON dq_failure (msg);
 """
 
 _INSERT: Final = (
-    "INSERT INTO dq_message (state, priority, due, created, body, deadline, bump, expires) "
-    f"VALUES ({_READY}, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO dq_message "
+    "(id, state, priority, due, created, body, deadline, bump, expires, mac) "
+    f"VALUES (?, {_READY}, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _TOMBSTONE: Final = (
     f"UPDATE dq_message SET state = {_DONE}, body = x'', finished = NULL, bump = NULL, "
@@ -111,7 +113,7 @@ _TOMBSTONE: Final = (
 TRIM_EVERY: Final = 1024
 # Run on the ledger connection, with the message file attached as "q".
 _CANDIDATES: Final = f"""
-SELECT m.id, coalesce(d.attempts, m.attempts), m.body, m.deadline
+SELECT m.id, coalesce(d.attempts, m.attempts), m.body, m.deadline, m.created, m.mac
   FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
  WHERE m.state = {_READY} AND m.due <= ? AND (d.state IS NULL OR d.state = {_READY})
    AND (m.expires IS NULL OR m.expires > ?)
@@ -145,7 +147,7 @@ SELECT m.id FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
 """
 
 
-class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
+class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
     """Messages in a diskcache directory; survives SIGKILL of any process (``sync="full"``:
     also power loss).
 
@@ -156,6 +158,8 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
         timeout: seconds to wait for a database write lock before ``StoreTimeout``.
         trusted: open ``path`` even if another user could write to it (dangerous: see
             docs/security.md); otherwise that raises ``UnsafePath``.
+        key: the HMAC key every record is signed with (bytes, or 64 hex digits); default
+            ``DURABLEQ_KEY``, else the ``key`` file in ``path`` (made 0600 if missing).
     """
 
     shared: ClassVar[bool] = True
@@ -174,10 +178,12 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
         size_limit: int | None = None,
         timeout: float = 10.0,
         trusted: bool = False,
+        key: bytes | str | None = None,
     ) -> None:
         if sync not in SYNC:
             raise ConfigurationError(f"sync must be 'normal' or 'full', not {sync!r}")
         self.path = os.path.abspath(os.fspath(path))
+        self._key_spec, self._key = key, None
         self.sync = sync
         self.timeout = timeout
         self._init_process_state()
@@ -206,6 +212,8 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
             messages, ledger = self._messages(), self._ledger()
             self._busy_retry("create", lambda: messages.executescript(_SCHEMA))
             self._busy_retry("create", lambda: ledger.executescript(_LEDGER_SCHEMA))
+            self._mac_key()  # made now, 0600, by the first process to open the queue
+            self._busy_retry("create", self._migrate)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open queue store {self.path}: {exc}") from exc
 
@@ -217,7 +225,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
         readers (``durableq.inspect``) that must not disturb a running owner."""
         store = cls.__new__(cls)
         store.__setstate__({"path": os.path.abspath(os.fspath(path)), "sync": "normal",
-                            "timeout": timeout})
+                            "timeout": timeout, "key": None})
         return store
 
     def _connections(self) -> Any:
@@ -301,13 +309,14 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
         con = self._messages()
         try:
             with self._write(con):
+                # Ids chosen here as SQLite would (never reused: see collect) so that each
+                # row's MAC can bind its id: a signed row copied elsewhere fails its check.
+                (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
+                next_id = (top or 0) + 1
                 for s in batch:
-                    if len(s.rows) == 1:
-                        s.ids = [con.execute(_INSERT, s.rows[0]).lastrowid]  # type: ignore[list-item]
-                        continue
-                    con.executemany(_INSERT, s.rows)
-                    (last,) = con.execute("SELECT last_insert_rowid()").fetchone()
-                    s.ids = list(range(last - len(s.rows) + 1, last + 1))
+                    s.ids = list(range(next_id, next_id + len(s.rows)))
+                    next_id += len(s.rows)
+                    con.executemany(_INSERT, self._signed(s.ids, s.rows))
             self.commits += 1
         except BaseException as exc:
             if len(batch) == 1:
@@ -324,14 +333,23 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
         self, owner: str, n: int, *, now: float, ttl: float, max_priority: int = Priority.LOW
     ) -> list[Leased]:
         con = self._ledger()
+        sql, args = (
+            (_CANDIDATES_UPTO, (now, now, max_priority, n))
+            if max_priority < Priority.LOW
+            else (_CANDIDATES, (now, now, n))
+        )
+        quarantined: list[int] = []
         with self._write(con, "BEGIN"):
-            if max_priority < Priority.LOW:
-                rows = con.execute(_CANDIDATES_UPTO, (now, now, max_priority, n)).fetchall()
-            else:
-                rows = con.execute(_CANDIDATES, (now, now, n)).fetchall()
+            while True:  # checked before any body leaves the store
+                rows = con.execute(sql, args).fetchall()
+                bad = self._untrusted(rows)
+                if not bad:
+                    break
+                self._quarantine(con, bad, now)
+                quarantined += [r[0] for r in bad]
             late = 0
             leases = []
-            for id_, attempts, _, deadline in rows:
+            for id_, attempts, _, deadline, *_ in rows:
                 flags = LATE if deadline is not None and deadline < now else 0
                 late += flags
                 leases.append((id_, attempts + 1, now + ttl, flags))
@@ -340,7 +358,9 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
                 con.execute(
                     "UPDATE dq_meta SET value = value + ? WHERE name = 'late_total'", (late,)
                 )
-        return [Leased(LeaseToken(id_, attempts + 1), body) for id_, attempts, body, _ in rows]
+        if quarantined:
+            self._report("message", quarantined, now)
+        return [Leased(LeaseToken(id_, attempts + 1), body) for id_, attempts, body, *_ in rows]
 
     def _settle(
         self, tokens: Sequence[LeaseToken], state: int, results: Sequence[bytes] | None
@@ -358,7 +378,10 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
                     for t, r in zip(tokens, results, strict=True)
                     if con.execute(_SETTLE, (state, finished, *t)).rowcount
                 ]
-                con.executemany("INSERT OR REPLACE INTO dq_result VALUES (?, ?)", kept)
+                con.executemany(
+                    "INSERT OR REPLACE INTO dq_result (id, body, mac) VALUES (?, ?, ?)",
+                    [(i, r, self._result_mac(i, r)) for i, r in kept],
+                )
                 applied = len(kept)
             if state == _DONE:
                 con.execute(
@@ -406,7 +429,8 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
 
     @guarded
     def results(self, upto: int) -> dict[int, bytes]:
-        return dict(self._read("SELECT id, body FROM dq_result WHERE id <= ?", (upto,)))
+        rows = self._read("SELECT id, body, mac FROM dq_result WHERE id <= ?", (upto,))
+        return self._checked_results(rows, self.clock.time())
 
     @guarded
     def forget(self, ids: Sequence[int]) -> int:
@@ -522,10 +546,14 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, SQLiteFiles):
     # -- pickling: by path, reconnecting in the new process --------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "sync": self.sync, "timeout": self.timeout}
+        # A key given as key= goes along (to this program's own children); one from the
+        # key file or DURABLEQ_KEY is found there again.
+        return {"path": self.path, "sync": self.sync, "timeout": self.timeout,
+                "key": self._key_spec}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path, self.sync, self.timeout = state["path"], state["sync"], state["timeout"]
+        self._key_spec, self._key = state.get("key"), None
         self._init_process_state()
 
     def _init_process_state(self) -> None:

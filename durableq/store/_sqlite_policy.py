@@ -63,6 +63,8 @@ class PolicyVerbs:
         def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
         def _write(self, con: sqlite3.Connection, begin: str = ...) -> Any: ...
         def collect(self, *, wait: bool = True) -> int: ...
+        def _result_mac(self, id_: int, body: bytes) -> bytes: ...
+        def quarantined_count(self) -> int: ...
 
     # -- failures -------------------------------------------------------------------------
 
@@ -107,7 +109,8 @@ class PolicyVerbs:
                     result = a.result(verdict.failures) if callable(a.result) else a.result
                     if result is not None:
                         con.execute(
-                            "INSERT OR REPLACE INTO dq_result VALUES (?, ?)", (a.token.id, result)
+                            "INSERT OR REPLACE INTO dq_result (id, body, mac) VALUES (?, ?, ?)",
+                            (a.token.id, result, self._result_mac(a.token.id, result)),
                         )
                 if a.failure is not None:
                     con.execute(
@@ -216,6 +219,7 @@ class PolicyVerbs:
             expired=kept.get(_EXPIRED, 0) + ledger.get(_EXPIRED, 0),
             late_total=meta.get("late_total", 0),
             by_priority=by_priority,
+            quarantined=self.quarantined_count(),
             next_due=self.next_due(now),
             oldest_ready_age=None if oldest is None else max(0.0, now - oldest),
         )
