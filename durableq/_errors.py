@@ -54,6 +54,28 @@ class UnsafePath(DurableQError, PermissionError):
         return (type(self), (self.path, self.why, self.fix, self.queue))
 
 
+class TaskRefused(DurableQError):
+    """A task names a function or class from a module not in the executor's
+    ``allowed_modules``: it was never unpickled, let alone run.
+
+    Attributes:
+        module, name: what the task named.
+        allowed: the allow-list.
+    """
+
+    def __init__(self, module: str, name: str, allowed: tuple[str, ...]) -> None:
+        self.module = module
+        self.name = name
+        self.allowed = tuple(allowed)
+        super().__init__(
+            f"{module}.{name} is not in allowed_modules {list(self.allowed)}; add its module "
+            "to the list if the task is yours"
+        )
+
+    def __reduce__(self) -> tuple[type[TaskRefused], tuple[str, str, tuple[str, ...]]]:
+        return (type(self), (self.module, self.name, self.allowed))
+
+
 class QueueLocked(DurableQError):
     """Another live process owns the queue at ``path``.
 

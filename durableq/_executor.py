@@ -22,6 +22,7 @@ from typing import Any
 
 from ._admin import admin
 from ._admin_api import AdminMixin
+from ._allow import AllowList
 from ._clock import SYSTEM, Clock
 from ._errors import TaskAbandoned
 from ._lazy import Gate, Lazy, lazy_of
@@ -205,6 +206,9 @@ class Executor(AdminMixin, futures.Executor):
         hard_worker_memory: a worker whose RSS is over it while it runs a task is killed;
             the attempt counts as a crash (``WorkerCrashed`` after ``max_attempts``).
         key: the HMAC key stored tasks and results are signed with (as for ``Queue``).
+        allowed_modules: module names (each with its submodules) whose functions tasks may
+            call; workers unpickle tasks refusing anything else (``durableq.TaskRefused``),
+            and ``submit`` refuses such a function at once. None: no restriction.
     """
 
     def __init__(
@@ -236,8 +240,10 @@ class Executor(AdminMixin, futures.Executor):
         threshold: int = 10,
         clock: Clock = SYSTEM,
         key: bytes | str | None = None,
+        allowed_modules: Iterable[str] | None = None,
     ) -> None:
         lazy_limits = lazy_of(lazy)
+        self._allowed = AllowList(allowed_modules) if allowed_modules is not None else None
         soft, hard = memory_limits(max_worker_memory, hard_worker_memory)
         auto = max_workers == "auto"
         if max_workers is None:
@@ -328,6 +334,7 @@ class Executor(AdminMixin, futures.Executor):
                 else None
             ),
             note=note,
+            allowed=self._allowed,
         )
         self._max_workers = max_workers
         self._dispatcher.clock = clock
@@ -393,6 +400,8 @@ class Executor(AdminMixin, futures.Executor):
     ) -> TaskFuture:
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        if self._allowed is not None:
+            self._allowed.check(fn)
         try:
             payload = encode_call(fn, args, kwargs, opts)
         except Exception as exc:
@@ -431,6 +440,8 @@ class Executor(AdminMixin, futures.Executor):
             raise ValueError("chunksize must be >= 1.")
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        if self._allowed is not None:
+            self._allowed.check(fn)
         end = None if timeout is None else timeout + time.monotonic()
         calls: list[Any] = (
             list(zip(*iterables, strict=False)) if chunksize == 1 else chunks(iterables, chunksize)

@@ -73,6 +73,7 @@ class Pool(AdminMixin):
         max_worker_memory, hard_worker_memory: worker memory limits, as for ``Executor``
             (``processes="auto"`` too).
         key: the HMAC key stored tasks are signed with (as for ``Queue``).
+        allowed_modules: modules tasks may call into, as for ``Executor``.
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class Pool(AdminMixin):
         max_worker_memory: int | str | None = None,
         hard_worker_memory: int | str | None = None,
         key: bytes | str | None = None,
+        allowed_modules: Iterable[str] | None = None,
     ) -> None:
         if processes is None:
             processes = os.cpu_count() or 1
@@ -123,6 +125,7 @@ class Pool(AdminMixin):
             max_worker_memory=max_worker_memory,
             hard_worker_memory=hard_worker_memory,
             key=key,
+            allowed_modules=allowed_modules,
         )
         self.path = self._executor.path
         self._core = Core(self._executor, processes, options)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import struct
 import threading
 import traceback
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any, Final
 
+from ._allow import AllowList
 from ._task import run
 
 FRAME: Final = struct.Struct("<qi")
@@ -69,8 +71,10 @@ def main(
     initializer: Callable[..., Any] | None,
     initargs: tuple[Any, ...],
     max_tasks: int | None,
+    allowed: AllowList | None = None,
 ) -> None:
     """Entry point of a worker process."""
+    loads = allowed.loads if allowed is not None else pickle.loads
     _die_with_parent()
     _title(f"durableq worker {pool} init")
     if initializer is not None:
@@ -99,7 +103,7 @@ def main(
                 _title(f"durableq worker {pool} task {task_id} {name}")
 
             running[0], running[1] = task_id, attempt  # read by the dispatcher if we die
-            outcome = run(payload, started)
+            outcome = run(payload, started, loads)
             conn.send_bytes(FRAME.pack(task_id, attempt) + outcome)
             _title(idle)
             done += 1

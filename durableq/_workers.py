@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Final
 
 from . import _worker
+from ._allow import AllowList
 from ._clock import SYSTEM, Clock
 from ._errors import (
     InitializerFailed,
@@ -110,6 +111,7 @@ class Dispatcher(threading.Thread):
         gate: Gate | None = None,
         memory: MemoryWatch | None = None,
         note: Callable[[Fault], None] | None = None,
+        allowed: AllowList | None = None,
     ) -> None:
         super().__init__(name=f"durableq-executor-{name}", daemon=True)
         self.store = store
@@ -127,6 +129,7 @@ class Dispatcher(threading.Thread):
         self.gate = gate  # lazy mode: no new task starts while the machine is overloaded
         self.memory = memory  # worker memory limits; the "auto" pool size
         self.note = note or on_fault  # logged, but not a failure (recycled, shrunk)
+        self.allowed = allowed  # what workers may unpickle (allowed_modules)
         self.workers: dict[int, _Worker] = {}  # by sentinel
         self._wakeup = Wakeup()
         self.idle = False  # True while waiting with nothing to lease: producers wake us
@@ -638,7 +641,10 @@ class Dispatcher(threading.Thread):
         running = self.ctx.RawArray("q", 2)  # the token of the task the worker started
         process = self.ctx.Process(
             target=_worker.main,
-            args=(theirs, running, self.pool, self.initializer, self.initargs, self.max_tasks),
+            args=(
+                theirs, running, self.pool, self.initializer, self.initargs, self.max_tasks,
+                self.allowed,
+            ),
             name=f"durableq-worker-{self.pool}",
         )
         process.start()
