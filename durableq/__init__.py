@@ -18,6 +18,7 @@ from ._errors import (
     OwnerGone,
     QueueLocked,
     QueueNotFound,
+    StoreCorrupt,
     StoreError,
     StoreTimeout,
     TaskAbandoned,
@@ -38,6 +39,7 @@ from ._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Reco
 from ._report import ErrorGroup
 from ._serializer import Serializer
 from .store import CommandStore, DiskcacheStore, MemoryStore, Store
+from .store._salvage import Salvaged, salvage
 
 __version__ = "0.1.0.dev0"
 
@@ -74,11 +76,13 @@ __all__ = [
     "Record",
     "Retention",
     "RetryPolicy",
+    "Salvaged",
     "Sample",
     "Sampler",
     "Serializer",
     "State",
     "Store",
+    "StoreCorrupt",
     "StoreError",
     "StoreTimeout",
     "SystemClock",
@@ -92,4 +96,5 @@ __all__ = [
     "WorkerCrashed",
     "__version__",
     "inspect",
+    "salvage",
 ]

@@ -138,7 +138,11 @@ class Dispatcher(threading.Thread):
                     self._next_due = None
                     self._maybe_ready = True
                 if self._tick_at is not None and self._tick_at <= now:
-                    self._tick(now)
+                    try:
+                        self._tick(now)
+                    except StoreError as exc:  # retried, and deliveries go on meanwhile
+                        self._tick_at = now + STORE_RETRY
+                        self._store_failed(exc)
                 self._expire_leases(now)
                 try:
                     self._flush()

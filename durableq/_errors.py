@@ -17,6 +17,28 @@ class StoreError(DurableQError):
     """
 
 
+class StoreCorrupt(StoreError):
+    """A queue file is damaged on disk (SQLite: "database disk image is malformed").
+
+    Attributes:
+        path: the queue directory.
+        files: the damaged file(s).
+    """
+
+    def __init__(self, path: str, files: list[str], detail: str) -> None:
+        self.path = path
+        self.files = list(files)
+        self.detail = detail
+        super().__init__(
+            f"{', '.join(self.files)} is damaged ({detail}); stop the queue's owner and run "
+            f"durableq.salvage({path!r}) to rebuild it from every readable record (the "
+            "damaged file is kept beside it)"
+        )
+
+    def __reduce__(self) -> tuple[type[StoreCorrupt], tuple[str, list[str], str]]:
+        return (type(self), (self.path, self.files, self.detail))
+
+
 class StoreTimeout(StoreError, TimeoutError):
     """The store stayed locked longer than the allowed time."""
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
 from .._errors import StoreError, StoreTimeout
+from ._salvage import corrupt_error, is_corrupt
 
 T = TypeVar("T")
 
@@ -180,6 +181,8 @@ class SQLiteFiles:
             raise
 
     def _error(self, step: str, exc: sqlite3.Error) -> StoreError:
+        if is_corrupt(exc):
+            return corrupt_error(self.path, exc)  # names the damaged file
         if is_busy(exc):
             return StoreTimeout(
                 f"{self.path} stayed locked for {self.timeout:g} s during {step}; "
