@@ -31,6 +31,7 @@ from ._errors import (
 from ._executor import Executor, TaskFuture, TaskOptions
 from ._inspect import Inspector, inspect
 from ._lazy import Lazy, Sample, Sampler
+from ._maintain import Maintainer, maintain
 from ._message import Message
 from ._policy import Retention, RetryPolicy
 from ._pool import Pool
@@ -38,6 +39,7 @@ from ._queue import JoinableQueue, Queue
 from ._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Record, State
 from ._report import ErrorGroup
 from ._serializer import Serializer
+from ._service import Submitter, WorkerService
 from .store import CommandStore, DiskcacheStore, MemoryStore, Store
 from .store._salvage import Salvaged, salvage
 
@@ -63,6 +65,7 @@ __all__ = [
     "Lazy",
     "LeaseToken",
     "Leased",
+    "Maintainer",
     "ManualClock",
     "MemoryStore",
     "Message",
@@ -85,6 +88,7 @@ __all__ = [
     "StoreCorrupt",
     "StoreError",
     "StoreTimeout",
+    "Submitter",
     "SystemClock",
     "TaskAbandoned",
     "TaskExpired",
@@ -94,7 +98,9 @@ __all__ = [
     "TaskTimeout",
     "UnsafePath",
     "WorkerCrashed",
+    "WorkerService",
     "__version__",
     "inspect",
+    "maintain",
     "salvage",
 ]

@@ -1,4 +1,5 @@
-"""The ``durableq`` command, in-process and as a real subprocess beside a running owner."""
+"""The ``durableq`` command, in-process (click's runner) and as a real subprocess beside a
+running owner; every --json output is checked against the schema docs/cli.md documents."""
 
 from __future__ import annotations
 
@@ -6,58 +7,267 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 import durableq
+from durableq import DiskcacheStore, State
 from durableq._cli import main
 
 from .conftest import TIMEOUT
 
-SCHEMA = {
-    "path": str, "ready": int, "scheduled": int, "in_flight": int, "dead": int, "put_total": int,
-    "acked_total": int, "owner_pid": int, "owner_alive": bool,
+NUM = (int, float)
+OPT_NUM = (int, float, type(None))
+#: The JSON schemas of docs/cli.md: key -> allowed types.
+STATS = {
+    "path": str, "ready": int, "scheduled": int, "in_flight": int, "dead": int, "done": int,
+    "expired": int, "put_total": int, "acked_total": int, "late_total": int,
+    "by_priority": dict, "next_due": OPT_NUM, "oldest_ready_age": OPT_NUM,
+    "rates": (dict, type(None)), "owner_pid": (int, type(None)), "owner_alive": bool,
 }
+BODY = {
+    "kind": str, "size": int, "value": object, "repr": str, "function": (str, type(None)),
+    "timeout": OPT_NUM, "max_attempts": (int, type(None)), "problem": (str, type(None)),
+}
+MESSAGE = {
+    "id": int, "state": str, "priority": str, "due": NUM, "attempts": int, "created": NUM,
+    "finished": OPT_NUM, "deadline": OPT_NUM, "expires": OPT_NUM, "late": bool, "body": dict,
+}
+FAILURE = {
+    "time": NUM, "id": int, "name": str, "attempt": int, "cause": str, "type": str,
+    "message": str, "traceback": str, "pid": int,
+}
+GROUP = {
+    "fingerprint": str, "type": str, "message": str, "frame": str, "count": int, "tasks": int,
+    "first_seen": NUM, "last_seen": NUM, "sample_traceback": str,
+}
+EXPORT = {
+    "v": int, "id": int, "state": str, "priority": str, "due": NUM, "attempts": int,
+    "created": NUM, "finished": OPT_NUM, "deadline": OPT_NUM, "expires": OPT_NUM, "body": str,
+}
+CHECK = {"name": str, "status": str, "detail": str, "ids": list}
 
 
-def test_stats_json_reads_a_queue_while_its_owner_runs(qpath: Path) -> None:
-    q = durableq.Queue(path=qpath, ack="manual")
-    q.put_many(["a", "b", "c"])
+def conforms(data: dict[str, Any], schema: dict[str, Any], *, more: type | None = None) -> None:
+    """``data`` has exactly the keys of ``schema`` with those types (and, with ``more``,
+    maybe further keys of that type: counts added in later versions)."""
+    extra = set(data) - set(schema)
+    assert set(schema) <= set(data) and (not extra or more is not None), set(data) ^ set(schema)
+    assert all(isinstance(data[k], more) for k in extra if more is not None), extra
+    for key, types in schema.items():
+        assert isinstance(data[key], types), (key, data[key])
+
+
+def run(*args: str, code: int = 0) -> Result:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == code, (result.output, result.exception)
+    return result
+
+
+def run_json(*args: str, code: int = 0) -> Any:
+    return json.loads(run(*args, "--json", code=code).stdout)
+
+
+class Poison:
+    """Unpickling it leaves a file behind: proof that something ran code."""
+
+    def __init__(self, mark: str) -> None:
+        self.mark = mark
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (self.mark,))
+
+
+def owned(qpath: Path, tmp_path: Path) -> Any:
+    """An owned queue: ids 1 dead (with a logged error), 2 acked, 3 in flight, 4-5 ready,
+    6 a pickle, 7 scheduled. The test ends it with ``done(q)``."""
+    q = durableq.Queue(path=qpath, ack="manual", history=100)
+    q.put_many([{"n": 0}, {"n": 1}, {"n": 2}, b"\x00raw", {"n": 4}])
+    q.put(Poison(str(tmp_path / "ran")))
+    q.put("later", delay=3600)
+    q.get_message(timeout=TIMEOUT).nack(requeue=False, error=KeyError("user 42"))
     q.get_message(timeout=TIMEOUT).ack()
-    q.stats()  # the ack is applied
-    result = CliRunner().invoke(main, ["stats", str(qpath), "--json"])
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
-    assert {k: type(v) for k, v in data.items()} == SCHEMA
-    assert (data["put_total"], data["acked_total"], data["owner_pid"]) == (3, 1, os.getpid())
-    assert data["ready"] + data["in_flight"] == 2 and data["owner_alive"]
-    q.put("the owner is undisturbed")
-    assert q.qsize() >= 1
+    q.held = q.get_message(timeout=TIMEOUT)
+    q.stats()  # the acks are applied
+    return q
+
+
+def done(q: Any) -> None:
+    """Settle what the test holds; the owner stops once the caller drops ``q``."""
+    q.held.ack()
+    del q  # the owner shuts down; its pid stays on record
+
+
+def test_stats_json_beside_a_live_owner(qpath: Path, tmp_path: Path) -> None:
+    queue = owned(qpath, tmp_path)
+    data = run_json("stats", str(qpath))
+    conforms(data, STATS, more=int)
+    assert (data["ready"], data["in_flight"], data["dead"], data["scheduled"]) == (3, 1, 1, 1)
+    assert (data["put_total"], data["owner_pid"], data["owner_alive"]) == (7, os.getpid(), True)
+    assert data["by_priority"] == {"high": 0, "medium": 4, "low": 0} and data["rates"] is None
+    queue.put("the owner is undisturbed")
+    assert run_json("stats", str(qpath), "--window", "0.05")["rates"]["put"] == 0
+    done(queue)
+    del queue
 
 
 def test_stats_table_and_a_queue_with_no_owner(qpath: Path) -> None:
     q = durableq.Queue(path=qpath)
     q.put(1)
     del q  # the owner shuts down; its pid stays on record
-    result = CliRunner().invoke(main, ["stats", str(qpath)])
+    out = run("stats", str(qpath)).output
+    assert "ready" in out and "not running" in out
+
+
+def test_ls_pages_by_id_and_filters_by_state(qpath: Path, tmp_path: Path) -> None:
+    queue = owned(qpath, tmp_path)
+    data = run_json("ls", str(qpath), "--limit", "3")
+    assert [m["id"] for m in data["messages"]] == [1, 2, 3] and data["next_after"] == 3
+    for m in data["messages"]:
+        conforms(m, MESSAGE)
+        conforms(m["body"], BODY)
+    rest = run_json("ls", str(qpath), "--after", "3")
+    assert [m["id"] for m in rest["messages"]] == [4, 5, 6, 7] and rest["next_after"] is None
+    states = {m["id"]: m["state"] for m in data["messages"] + rest["messages"]}
+    assert states == {1: "dead", 2: "done", 3: "in_flight", 4: "ready", 5: "ready", 6: "ready",
+                      7: "scheduled"}
+    dead = run_json("ls", str(qpath), "--state", "dead", "--state", "scheduled")
+    assert [(m["id"], m["body"]["value"]) for m in dead["messages"]] == [(1, {"n": 0}),
+                                                                         (7, "later")]
+    assert "scheduled" in run("ls", str(qpath)).output
+    done(queue)
+    del queue
+
+
+def test_show_never_unpickles_unless_asked(qpath: Path, tmp_path: Path) -> None:
+    queue = owned(qpath, tmp_path)
+    data = run_json("show", str(qpath), "1")
+    conforms({k: v for k, v in data.items() if k not in ("failures", "path")}, MESSAGE)
+    (failure,) = data["failures"]
+    conforms(failure, FAILURE)
+    assert (failure["type"], failure["message"]) == ("KeyError", "'user 42'")
+    pickled = run_json("show", str(qpath), "6")["body"]
+    assert (pickled["kind"], pickled["value"]) == ("pickle", None)
+    assert "KeyError" in run("show", str(qpath), "1").output
+    assert not (tmp_path / "ran").exists()
+    run("show", str(qpath), "6", "--unpickle")
+    assert (tmp_path / "ran").exists(), "--unpickle shows the object"
+    assert "no message 99" in run("show", str(qpath), "99", code=1).output
+    done(queue)
+    del queue
+
+
+def test_report_groups_recurring_errors(qpath: Path, tmp_path: Path) -> None:
+    queue = owned(qpath, tmp_path)
+    queue.put_many([1, 2])
+    for n in (97, 98):
+        queue.get_message(timeout=TIMEOUT).nack(requeue=False, error=KeyError(f"user {n}"))
+    queue.stats()
+    data = run_json("report", str(qpath), "--since", "1h")
+    (group,) = data["groups"]
+    conforms(group, GROUP)
+    assert (group["count"], group["tasks"], group["message"]) == (3, 3, "'user <n>'")
+    assert "KeyError" in run("report", str(qpath)).output
+    done(queue)
+    del queue
+
+
+def test_retry_replay_and_purge(qpath: Path) -> None:
+    q = durableq.Queue(path=qpath, ack="manual", history=100)
+    q.put_many(["a", "b", "c"])
+    for _ in range(3):
+        q.get_message(timeout=TIMEOUT).nack(requeue=False)
+    del q  # the owner shuts down; its pid stays on record
+    assert run_json("retry", str(qpath), "1")["retried"] == [1]
+    assert run("retry", str(qpath), "1", code=1).output.count("not dead") == 1
+    assert run_json("replay", str(qpath), "2")["replayed"] == {"2": 4}
+    run("replay", str(qpath), "1", code=1)  # ready, not finished
+    assert run_json("purge", str(qpath), "--dead", "--older-than", "1h")["purged"] == 0
+    assert run_json("purge", str(qpath), "--dead")["purged"] == 2
+    run("retry", str(qpath), code=2)  # neither ids nor --dead
+    with durableq.inspect(qpath) as view:
+        assert [(m.id, m.state) for m in view.messages()] == [
+            (1, State.READY), (4, State.READY)]
+
+
+def test_retry_beside_a_live_owner_is_delivered(qpath: Path) -> None:
+    q = durableq.Queue(path=qpath, ack="manual")
+    q.put("again")
+    q.get_message(timeout=TIMEOUT).nack(requeue=False)
+    q.stats()
+    out = subprocess.run(
+        [sys.executable, "-m", "durableq", "retry", str(qpath), "--dead", "--json"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=True,
+    )
+    assert json.loads(out.stdout)["retried"] == [1]
+    msg = q.get_message(timeout=TIMEOUT)  # within the owner's safety re-check
+    assert (msg.id, msg.body) == (1, "again")
+    msg.ack()
+    del q  # the owner shuts down; its pid stays on record
+
+
+def test_export_import_round_trip(qpath: Path, tmp_path: Path) -> None:
+    queue = owned(qpath, tmp_path)
+    lines = run("export", str(qpath)).stdout.splitlines()
+    records = [json.loads(line) for line in lines]
+    for r in records:
+        conforms(r, EXPORT)
+    assert [r["id"] for r in records] == [1, 2, 3, 4, 5, 6, 7]
+    target = tmp_path / "new.q"
+    result = CliRunner().invoke(main, ["import", str(target), "--json"], input="\n".join(lines))
     assert result.exit_code == 0, result.output
-    assert "ready" in result.output and "not running" in result.output
+    assert json.loads(result.stdout)["imported"] == 5  # unfinished only
+    with durableq.inspect(target) as view:
+        copied = view.messages()
+    assert [(m.state, m.body) for m in copied] == [
+        (State.READY, r["body"] and __import__("base64").b64decode(r["body"]))
+        for r in records if r["state"] in ("in_flight", "ready")
+    ] + [(State.SCHEDULED, copied[-1].body)]
+    bad = CliRunner().invoke(main, ["import", str(target)], input='{"v": 99}\n')
+    assert bad.exit_code == 1 and "version" in bad.output
+    done(queue)
+    del queue
 
 
-def test_not_a_queue_exits_3(tmp_path: Path) -> None:
+def test_doctor_finds_and_repairs(qpath: Path) -> None:
+    store = DiskcacheStore(qpath)
+    store.put_many([b"\x07not a payload", b"\x01\xa2ok"])
+    store.lease("gone", 1, now=time.time(), ttl=60)  # a lease no owner will settle
+    store.put_many([b"\x02\x80\x05broken"])
+    store.close()
+    data = run_json("doctor", str(qpath), code=1)
+    for check in data["checks"]:
+        conforms(check, CHECK)
+    status = {c["name"]: (c["status"], c["ids"]) for c in data["checks"]}
+    assert status["leases"] == ("problem", [1]) and status["bodies"] == ("problem", [3])
+    assert status["integrity cache.db"][0] == status["permissions"][0] == "ok"
+    fixed = run_json("doctor", str(qpath), "--repair")
+    status = {c["name"]: (c["status"], c["ids"]) for c in fixed["checks"]}
+    assert status["leases"] == ("fixed", [1]) and status["bodies"] == ("fixed", [1, 3])
+    assert fixed["ok"] and run_json("doctor", str(qpath))["ok"]
+    with durableq.inspect(qpath) as view:
+        assert [m.id for m in view.messages([State.DEAD])] == [1, 3]
+        assert view.failures(id=3)[0].type == "Quarantined"
+    (qpath / "extra.db").write_bytes(b"not sqlite at all" * 100)
+    assert "integrity extra.db" in run("doctor", str(qpath), code=1).output
+
+
+def test_every_command_has_help_with_an_example_and_exit_codes(tmp_path: Path) -> None:
     runner = CliRunner()
-    missing = runner.invoke(main, ["stats", str(tmp_path / "nope")])
     (tmp_path / "plain").mkdir()
-    plain = runner.invoke(main, ["stats", str(tmp_path / "plain")])
-    assert (missing.exit_code, plain.exit_code) == (3, 3)
-    assert "not a durableq queue" in plain.output
-
-
-def test_usage_errors_exit_2_and_help_shows_an_example() -> None:
-    runner = CliRunner()
-    assert runner.invoke(main, ["stats"]).exit_code == 2
-    assert "Example: durableq stats jobs.q" in runner.invoke(main, ["stats", "--help"]).output
+    (tmp_path / "plain" / "notes.txt").write_text("not a queue")
+    for name in main.commands:
+        assert "Example: durableq " + name in runner.invoke(main, [name, "--help"]).output
+        assert runner.invoke(main, [name]).exit_code == 2, name  # PATH missing
+        if name == "import":
+            continue  # creates its queue
+        args = [name, str(tmp_path / "plain"), *(["1"] if name in ("show", "replay") else [])]
+        args += ["--dead"] if name in ("retry", "purge") else []
+        missing = runner.invoke(main, args)
+        assert missing.exit_code == 3 and "not a durableq queue" in missing.output, name
     assert durableq.__version__ in runner.invoke(main, ["--version"]).output
 
 
@@ -71,6 +281,7 @@ def test_real_subprocess_reads_without_taking_ownership(qpath: Path) -> None:
     data = json.loads(out.stdout)
     assert (data["ready"], data["owner_pid"], data["owner_alive"]) == (5, os.getpid(), True)
     assert [q.get(timeout=TIMEOUT) for _ in range(5)] == list(range(5))  # still the owner
+    del q  # the owner shuts down; its pid stays on record
 
 
 def test_inspecting_in_the_owner_process_keeps_the_lock(qpath: Path) -> None:
@@ -81,9 +292,9 @@ def test_inspecting_in_the_owner_process_keeps_the_lock(qpath: Path) -> None:
     q = durableq.Queue(path=qpath)
     with durableq.inspect(qpath) as view:
         assert view.stats()["owner_alive"]
-    result = multiprocessing.Queue()
+    result: Any = multiprocessing.Queue()
     p = multiprocessing.Process(target=try_to_open, args=(str(qpath), result))
     p.start()
     assert result.get(timeout=TIMEOUT) == f"locked by {os.getpid()}", "the lock survived"
     p.join(TIMEOUT)
-    del q
+    del q  # the owner shuts down; its pid stays on record

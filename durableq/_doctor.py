@@ -1,0 +1,173 @@
+"""``durableq doctor``: check a queue directory and, when asked, repair what can be.
+
+Checks: SQLite's ``integrity_check`` on every database file, who may write the directory
+(the same rules that refuse to open an unsafe one), the owner lock, leases nobody will
+settle (no owner alive, or expired ones a live owner has not taken back), and message
+bodies no consumer or worker could read. Repairs (``repair=True``): orphaned leases go
+back to ready, taking the owner lock so no owner runs meanwhile; unreadable waiting
+messages are quarantined as dead, with the reason in the failure log. Integrity and
+permission problems are reported with the command that fixes them, never changed here.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+from ._bodies import problem
+from ._errors import QueueLocked, UnsafePath
+from ._maintain import Maintainer
+from ._records import State
+
+#: A live owner takes an expired lease back within seconds; one older than this is stuck.
+STUCK_AFTER: Final = 60.0
+#: Ids listed per finding; the count is always complete.
+SHOWN: Final = 20
+
+#: ``progress(step, done, total)``: total is None while unknown.
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class Check:
+    """One finding: ``status`` is ``"ok"``, ``"problem"`` or ``"fixed"``."""
+
+    name: str
+    status: str
+    detail: str
+    ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Diagnosis:
+    path: str
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        """No problem is left (fixed ones count as fine)."""
+        return all(c.status != "problem" for c in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+
+def diagnose(
+    queue: Maintainer, *, repair: bool = False, progress: Progress | None = None
+) -> Diagnosis:
+    """Run every check on ``queue``; with ``repair``, fix what can be fixed."""
+    report = progress or (lambda step, done, total: None)
+    checks = [*_integrity(queue.path, report), _permissions(queue.path)]
+    pid, alive = queue.owner()
+    checks.append(Check(
+        "owner", "ok",
+        f"pid {pid} owns the queue" if alive
+        else f"no owner running (last: pid {pid})" if pid else "no owner has run yet",
+    ))
+    checks.append(_leases(queue, alive, repair))
+    checks.append(_bodies(queue, repair, report))
+    return Diagnosis(queue.path, checks)
+
+
+def _integrity(path: str, report: Progress) -> list[Check]:
+    files = sorted(glob.glob(os.path.join(path, "*.db")))
+    out = []
+    for n, name in enumerate(files):
+        report("integrity", n, len(files))
+        uri = f"file:{name}?mode=ro"
+        try:
+            con = sqlite3.connect(uri, uri=True, timeout=10.0)
+            try:
+                rows = [r[0] for r in con.execute("PRAGMA integrity_check")]
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            rows = [f"cannot read: {exc}"]
+        base = os.path.basename(name)
+        if rows == ["ok"]:
+            out.append(Check(f"integrity {base}", "ok", "integrity_check: ok"))
+        else:
+            out.append(Check(
+                f"integrity {base}", "problem",
+                "; ".join(rows[:5]) + " (restore from a backup, or `durableq export` what "
+                "is readable into a new queue)",
+            ))
+    report("integrity", len(files), len(files))
+    return out
+
+
+def _permissions(path: str) -> Check:
+    try:
+        from ._security import check_directory
+
+        check_directory(path)
+    except UnsafePath as exc:
+        return Check("permissions", "problem", str(exc))
+    return Check("permissions", "ok", "only this user can write the directory and its files")
+
+
+def _leases(queue: Maintainer, alive: bool, repair: bool) -> Check:
+    if alive:
+        stuck = queue.stuck_leases(time.time() - STUCK_AFTER, limit=SHOWN)
+        if not stuck:
+            return Check("leases", "ok", "no lease expired unnoticed")
+        return Check(
+            "leases", "problem",
+            f"leases expired over {STUCK_AFTER:g} s ago and not taken back by the live "
+            "owner (is its dispatcher stuck? see `durableq top`)",
+            [i for i, _ in stuck],
+        )
+    orphans = queue.messages([State.IN_FLIGHT], limit=SHOWN)
+    count = queue.counts().in_flight
+    if not count:
+        return Check("leases", "ok", "no message in flight")
+    ids = [r.id for r in orphans]
+    if not repair:
+        return Check(
+            "leases", "problem",
+            f"{count} message(s) in flight with no owner alive: the next owner requeues "
+            "them at start-up; --repair does it now",
+            ids,
+        )
+    try:
+        back = queue.requeue_orphans()
+    except QueueLocked as exc:
+        return Check("leases", "problem", f"an owner started meanwhile: {exc}", ids)
+    return Check("leases", "fixed", f"{back} orphaned lease(s) returned to ready", ids)
+
+
+def _bodies(queue: Maintainer, repair: bool, report: Progress) -> Check:
+    waiting = (State.READY, State.SCHEDULED)
+    total = sum(queue.counts().as_dict()[s.name.lower()] for s in waiting)
+    bad: dict[int, str] = {}
+    for n, rec in enumerate(queue.walk(waiting)):
+        if n % 1000 == 0:
+            report("bodies", n, total)
+        why = problem(rec.body)
+        if why is not None:
+            bad[rec.id] = why
+    report("bodies", total, total)
+    if not bad:
+        return Check("bodies", "ok", f"{total} waiting message(s) readable")
+    ids = sorted(bad)
+    sample = f"e.g. message {ids[0]}: {bad[ids[0]]}"
+    if not repair:
+        return Check(
+            "bodies", "problem",
+            f"{len(bad)} unreadable message(s), {sample}; --repair quarantines them as dead",
+            ids[:SHOWN],
+        )
+    done = []
+    for id_ in ids:
+        done += queue.quarantine([id_], f"unreadable: {bad[id_]}")
+    return Check(
+        "bodies", "fixed" if len(done) == len(ids) else "problem",
+        f"{len(done)} of {len(bad)} unreadable message(s) quarantined as dead ({sample}); "
+        "`durableq show` and `durableq retry` work on them",
+        done[:SHOWN],
+    )

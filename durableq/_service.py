@@ -1,0 +1,148 @@
+"""Workers as a standalone service (``durableq worker``), and producers in other programs.
+
+``WorkerService(path)`` is an ``Executor`` on ``path`` that runs every task stored there,
+whoever submitted it: an earlier program's unfinished tasks (it waits for that program to
+exit, then takes over) and tasks other programs add while it runs, through
+``Submitter(path).submit(fn, ...)``. A submitter commits the task to the directory's
+store, as ``Executor.submit`` does, then writes a byte to the service's FIFO in
+``<path>/task-wake``: the service wakes its dispatcher at once, with no polling.
+
+The service keeps no results: nobody in its process waits for them, so storing them
+would only grow the directory. Failures stay in the failure log and dead letters
+(``durableq report``, ``durableq show``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from ._executor import Executor
+from ._schedule import timing_of
+from ._task import Options, check_options, encode_call
+from .store import DiskcacheStore
+from .store._command_wakeup import FifoWakeups, FifoWatch
+
+#: Directory of the service's FIFO, inside the queue directory.
+WAKE_DIR: Final = "task-wake"
+_TARGET: Final = "tasks"
+
+
+class WorkerService(Executor):
+    """An executor that serves a queue directory for other programs.
+
+    Args:
+        path: the queue directory.
+        max_workers: worker processes.
+        **options: the other ``Executor`` arguments (``mp_context``, ``initializer``,
+            ``max_attempts``, ``timeout``, ``lazy``, ...); ``wait_for_owner`` defaults to
+            True: a running owner is waited for, then succeeded.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], max_workers: int | None = None,
+                 **options: Any) -> None:
+        options.setdefault("wait_for_owner", True)
+        super().__init__(max_workers, path=path, **options)
+        # Every stored task is someone else's: its outcome has no future here, and no
+        # result is kept (see the module docstring).
+        self._state.earlier = sys.maxsize
+        self._dispatcher.keep_results = False
+        self._watch = FifoWakeups(os.path.join(os.fspath(path), WAKE_DIR)).watch(_TARGET)
+        self._waker = threading.Thread(
+            target=self._wake_on_submit, name="durableq-service-wake", daemon=True
+        )
+        self._closing = False
+        self._waker.start()
+
+    def _wake_on_submit(self) -> None:
+        watch, dispatcher = self._watch, self._dispatcher
+        while watch.wait(None) and not self._closing:
+            dispatcher.scheduled()  # maybe a delayed task: the next idle round sets a timer
+            dispatcher.nudge()
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Stop serving. ``graceful``: take no new task, let running ones finish, return
+        tasks leased ahead to the store. Otherwise kill the workers at once: their tasks
+        stay stored, not charged an attempt. Waits until the workers are gone."""
+        self._closing = True
+        _poke(self._watch)
+        if graceful:
+            self.shutdown(wait=True, cancel_futures=True)
+        else:
+            self.kill_workers()
+        self._waker.join()
+        self._watch.close()
+
+    def __repr__(self) -> str:
+        return f"<durableq.WorkerService {self.path} workers={self._max_workers}>"
+
+
+def _poke(watch: FifoWatch) -> None:
+    fd = os.open(watch.path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, b"\0")
+    except BlockingIOError:
+        pass  # full of wakeups already
+    finally:
+        os.close(fd)
+
+
+class Submitter:
+    """Submit tasks to the queue directory a ``durableq worker`` (or any executor) serves,
+    from another program. Each task is committed before ``submit`` returns.
+
+    Args:
+        path: the queue directory (created if missing: the service may start later).
+        max_attempts, timeout: as for ``Executor``.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_attempts: int = 3,
+        timeout: float | None = None, _options: Options | None = None,
+    ) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self._store = DiskcacheStore(self.path)
+        self._wakeups = FifoWakeups(os.path.join(self.path, WAKE_DIR))
+        self._options = _options or check_options(timeout, max_attempts)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> int:
+        """Commit a call of ``fn`` (named by import path: the service imports it) and wake
+        the service; returns the task id."""
+        return self._put([encode_call(fn, args, kwargs, self._options)])[0]
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any]) -> list[int]:
+        """Commit one call of ``fn`` per item, in one transaction; returns the task ids."""
+        return self._put(
+            [encode_call(fn, args, {}, self._options) for args in zip(*iterables, strict=False)]
+        )
+
+    def options(self, **options: Any) -> Submitter:
+        """This submitter with other task options (as ``Executor.options``)."""
+        unknown = set(options) - set(Options._fields)
+        if unknown:
+            raise TypeError(f"unknown task options: {', '.join(sorted(unknown))}")
+        return Submitter(
+            self.path, _options=check_options(*self._options._replace(**options))
+        )
+
+    def _put(self, payloads: list[bytes]) -> list[int]:
+        opts = self._options
+        timing = timing_of(priority=opts.priority, not_before=opts.not_before, delay=opts.delay)
+        ids = self._store.put_many(payloads, **timing._asdict())
+        self._wakeups.poke([_TARGET])
+        return ids
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Submitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<durableq.Submitter {self.path}>"
