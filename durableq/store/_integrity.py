@@ -15,7 +15,6 @@ a fault; the queue goes on.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import sqlite3
@@ -99,15 +98,12 @@ def _create_key(path: str) -> bytes:
 
 
 def sign_message(key: bytes, id_: int, created: float, body: bytes) -> bytes:
-    mac = hmac.new(key, _MESSAGE.pack(b"dqm1", id_, created), hashlib.sha256)
-    mac.update(body)
-    return mac.digest()
+    # hmac.digest is OpenSSL's one-shot: ~4x cheaper than hmac.new() for small bodies.
+    return hmac.digest(key, _MESSAGE.pack(b"dqm1", id_, created) + body, "sha256")
 
 
 def sign_result(key: bytes, id_: int, body: bytes) -> bytes:
-    mac = hmac.new(key, _RESULT.pack(b"dqr1", id_), hashlib.sha256)
-    mac.update(body)
-    return mac.digest()
+    return hmac.digest(key, _RESULT.pack(b"dqr1", id_) + body, "sha256")
 
 
 def message_ok(key: bytes, id_: int, created: float, body: bytes, mac: bytes | None) -> bool:
