@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench crash-bench clean
+.PHONY: demo test servers lint bench crash-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,17 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python examples/crash_recovery_demo.py
 
-test: $(VENV)/.installed-test
+# The server-store tests run real servers from Debian's packages: installed here once,
+# non-interactively (as root in CI; through sudo elsewhere), and started by tests/servers.py.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+servers:
+	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			redis-server postgresql </dev/null; \
+	fi
+
+test: $(VENV)/.installed-test servers
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest

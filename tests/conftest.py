@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .servers import postgres_server, redis_server  # noqa: F401  (session fixtures)
+
 #: Bounded wait for anything cross-process; only a deadlock reaches it.
 TIMEOUT = 30.0
 

@@ -1,0 +1,25 @@
+"""The test servers themselves: each answers, and comes back after a SIGKILL with its data."""
+
+from __future__ import annotations
+
+from .servers import PostgresServer, RedisServer
+
+
+def test_redis_answers_and_keeps_data_across_a_kill(redis_server: RedisServer) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.set("durableq-test:kept", b"1")
+    client.close()
+    redis_server.restart()
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.get("durableq-test:kept") == b"1", "AOF must keep an acknowledged write"
+    client.delete("durableq-test:kept")
+    client.close()
+
+
+def test_postgres_answers(postgres_server: PostgresServer) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres_server.url) as con:
+        assert con.execute("SELECT 1").fetchone() == (1,)
