@@ -384,3 +384,6 @@ def test_policy_state_survives_a_sigkilled_owner(qpath: Path) -> None:
     assert take(q) == "scheduled"
     assert q.retry_dead() != []
     assert take(q) == "dead"
+    (done,) = [r for r in q.history(state="done") if r.body == "done"]
+    q.replay([done.id])
+    assert take(q) == "done"
