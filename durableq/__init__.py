@@ -40,7 +40,7 @@ from ._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Reco
 from ._report import ErrorGroup
 from ._serializer import Serializer
 from ._service import Submitter, WorkerService
-from .store import CommandStore, DiskcacheStore, MemoryStore, Store
+from .store import CommandStore, DiskcacheStore, MemoryStore, RedisStore, Store
 from .store._salvage import Salvaged, salvage
 
 __version__ = "0.1.0.dev0"
@@ -77,6 +77,7 @@ __all__ = [
     "QueueLocked",
     "QueueNotFound",
     "Record",
+    "RedisStore",
     "Retention",
     "RetryPolicy",
     "Salvaged",

@@ -56,6 +56,9 @@ log = logging.getLogger("durableq")
 SAFETY_CHECK = 5.0
 #: Seconds between retries while the store fails (disk full, I/O error, lock timeout).
 STORE_RETRY = 0.5
+#: With a server store, how long after its own visibility timeout a lease stays in the
+#: store: this owner times it out first; peers take it only once this owner is gone.
+PEER_GRACE = 10.0
 
 
 class Dispatcher(threading.Thread):
@@ -82,6 +85,7 @@ class Dispatcher(threading.Thread):
         self.store = store
         self.secret = secret
         self.ttl = visibility_timeout
+        self.store_ttl = visibility_timeout + (PEER_GRACE if getattr(store, "peers", False) else 0)
         self.ack_on_send = ack_on_send
         self.on_fault = on_fault
         self.release_slot = release_slot
@@ -493,7 +497,7 @@ class Dispatcher(threading.Thread):
         now = self.clock.time()
         wanted = sum(c.credit for c in self._waiters)
         leased = self.store.lease(
-            self.owner_id, wanted, now=now, ttl=self.ttl, max_priority=band
+            self.owner_id, wanted, now=now, ttl=self.store_ttl, max_priority=band
         )
         if len(leased) < wanted and band == ALL:  # held: look again at the next check
             self._maybe_ready = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +52,9 @@ def claim(
             store = DiskcacheStore(lock_dir, sync=sync, trusted=trusted, key=key)
         elif not isinstance(store, Store):
             raise TypeError(f"store must implement durableq.Store, not {type(store).__name__}")
-        store.requeue_expired(float("inf"))  # leases of earlier owners: all of them died
+        # Leases of earlier owners: under the lock all of them died. A server store's
+        # peers may still hold theirs: only leases past their deadline come back.
+        store.requeue_expired(time.time() if getattr(store, "peers", False) else float("inf"))
     except BaseException:
         if lock is not None:
             lock.release()

@@ -165,6 +165,7 @@ class Store(Protocol):
 from ._commandstore import CommandCounts, CommandRow, CommandStore, CommandWatch  # noqa: E402
 from ._diskcache import DiskcacheStore  # noqa: E402
 from ._memory import MemoryStore  # noqa: E402
+from ._redis import RedisStore  # noqa: E402
 
 __all__ = [
     "CommandCounts",
@@ -173,5 +174,6 @@ __all__ = [
     "CommandWatch",
     "DiskcacheStore",
     "MemoryStore",
+    "RedisStore",
     "Store",
 ]
