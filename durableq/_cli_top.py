@@ -145,14 +145,14 @@ class TopModel:
         if mono - self._scanned_at >= SCAN_EVERY:
             self._scanned_at = mono
             for proc in psutil.process_iter(["pid", "cmdline"]):
-                title = " ".join(proc.info["cmdline"] or ())
+                title = _title(proc.info["cmdline"])
                 if title.startswith(prefix) and proc.pid not in self._workers:
                     self._workers[proc.pid] = Worker(proc.pid, title, "", time.time(), 0, 0.0)
         for pid, w in list(self._workers.items()):
             try:
                 proc = psutil.Process(pid)
                 with proc.oneshot():
-                    title = " ".join(proc.cmdline())
+                    title = _title(proc.cmdline())
                     if owner is not None and proc.ppid() != owner:
                         raise psutil.NoSuchProcess(pid)  # another queue of the same name
                     w.rss, w.cpu = proc.memory_info().rss, proc.cpu_percent()
@@ -163,6 +163,11 @@ class TopModel:
             if task != w.task or title != w.title:
                 w.task, w.title, w.started = task, title, time.time()
         return sorted(self._workers.values(), key=lambda w: w.pid)
+
+
+def _title(cmdline: list[str] | None) -> str:
+    """A process title as one line: setproctitle pads a shorter title with spaces."""
+    return " ".join(" ".join(cmdline or ()).split())
 
 
 def _as_dicts(faults: list[Any]) -> list[dict[str, Any]]:
