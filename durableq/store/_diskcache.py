@@ -112,15 +112,15 @@ _TOMBSTONE: Final = (
 #: History rows collected between two retention trims.
 TRIM_EVERY: Final = 1024
 # Run on the ledger connection, with the message file attached as "q".
+# One band at a time: a range seek on (state, priority, due), so messages scheduled for
+# later are never scanned (one query over every band would walk all of them).
 _CANDIDATES: Final = f"""
 SELECT m.id, coalesce(d.attempts, m.attempts), m.body, m.deadline, m.created, m.mac
   FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
- WHERE m.state = {_READY} AND m.due <= ? AND (d.state IS NULL OR d.state = {_READY})
-   AND (m.expires IS NULL OR m.expires > ?)
- ORDER BY m.priority, m.due, m.id LIMIT ?
+ WHERE m.state = {_READY} AND m.priority = ? AND m.due <= ?
+   AND (d.state IS NULL OR d.state = {_READY}) AND (m.expires IS NULL OR m.expires > ?)
+ ORDER BY m.due, m.id LIMIT ?
 """
-#: Lazy mode's bypass: only bands up to a priority.
-_CANDIDATES_UPTO: Final = _CANDIDATES.replace(" ORDER BY", "   AND m.priority <= ?\n ORDER BY")
 # An upsert, not a replace: a redelivery keeps the message's failure counters.
 _LEASE: Final = f"""
 INSERT INTO dq_delivery (id, attempts, state, expiry, flags) VALUES (?, ?, {_IN_FLIGHT}, ?, ?)
@@ -333,15 +333,10 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         self, owner: str, n: int, *, now: float, ttl: float, max_priority: int = Priority.LOW
     ) -> list[Leased]:
         con = self._ledger()
-        sql, args = (
-            (_CANDIDATES_UPTO, (now, now, max_priority, n))
-            if max_priority < Priority.LOW
-            else (_CANDIDATES, (now, now, n))
-        )
         quarantined: list[int] = []
         with self._write(con, "BEGIN"):
             while True:  # checked before any body leaves the store
-                rows = con.execute(sql, args).fetchall()
+                rows = self._candidates(con, now, n, max_priority)
                 bad = self._untrusted(rows)
                 if not bad:
                     break
@@ -511,9 +506,22 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
 
     # -- reads: any process -------------------------------------------------------------------
 
+    @staticmethod
+    def _candidates(
+        con: sqlite3.Connection, now: float, n: int, max_priority: int = Priority.LOW
+    ) -> list[Any]:
+        """Up to ``n`` deliverable messages in (priority, due, id) order."""
+        rows: list[Any] = []
+        for band in range(int(max_priority) + 1):
+            rows += con.execute(_CANDIDATES, (band, now, now, n - len(rows))).fetchall()
+            if len(rows) >= n:
+                break
+        return rows
+
     @guarded
     def has_ready(self, now: float) -> bool:
-        return bool(self._read(_CANDIDATES, (now, now, 1)))
+        con = self._ledger()
+        return bool(self._busy_retry("read", lambda: self._candidates(con, now, 1)))
 
     @guarded
     def record_fault(self, fault: Fault) -> None:

@@ -32,10 +32,19 @@ _RECORD: Final = (
     "SELECT id, state, priority, due, attempts, created, finished, deadline, expires, flags, "
     "body FROM q.dq_message"
 )
+#: The first deliverable message of a band (for the oldest ready age).
+_FIRST: Final = f"""
+SELECT m.id, 0, 0, 0, m.created
+  FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
+ WHERE m.state = {_READY} AND m.priority = ? AND m.due <= ?
+   AND (d.state IS NULL OR d.state = {_READY}) AND (m.expires IS NULL OR m.expires > ?)
+ ORDER BY m.due, m.id LIMIT 1
+"""
 _EXPIRE: Final = f"""
 INSERT INTO dq_delivery (id, attempts, state, expiry)
 SELECT m.id, coalesce(d.attempts, m.attempts), {_EXPIRED}, ?
-  FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
+  FROM q.dq_message AS m INDEXED BY dq_message_expires
+  LEFT JOIN dq_delivery AS d ON d.id = m.id
  WHERE m.expires <= ? AND {_WAITING}
 ON CONFLICT (id) DO UPDATE SET state = {_EXPIRED}, expiry = excluded.expiry
 """
@@ -60,6 +69,7 @@ class PolicyVerbs:
     if TYPE_CHECKING:
         def _ledger(self) -> sqlite3.Connection: ...
         def _messages(self) -> sqlite3.Connection: ...
+        def _busy_retry(self, step: str, fn: Any) -> Any: ...
         def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
         def _write(self, con: sqlite3.Connection, begin: str = ...) -> Any: ...
         def collect(self, *, wait: bool = True) -> int: ...
@@ -146,7 +156,8 @@ class PolicyVerbs:
         past their expiry. Returns the ids that expired; writes nothing when none is due."""
         bump = self._read("SELECT 1 FROM q.dq_message WHERE bump <= ? LIMIT 1", (now,))
         expired = [i for (i,) in self._read(
-            "SELECT m.id FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id "
+            "SELECT m.id FROM q.dq_message AS m INDEXED BY dq_message_expires "
+            "LEFT JOIN dq_delivery AS d ON d.id = m.id "
             f"WHERE m.expires <= ? AND {_WAITING}",
             (now,),
         )]
@@ -178,7 +189,9 @@ class PolicyVerbs:
                 (int(band), now),
             )
         ]
-        events += [r[0] for r in self._read("SELECT min(bump) FROM q.dq_message")]
+        events += [
+            r[0] for r in self._read("SELECT min(bump) FROM q.dq_message WHERE bump IS NOT NULL")
+        ]
         events += [
             r[0] for r in self._read(
                 "SELECT min(expires) FROM q.dq_message WHERE expires > ?", (now,)
@@ -190,21 +203,45 @@ class PolicyVerbs:
 
     @guarded
     def counts(self) -> Counts:
+        # Waiting messages per band, ready or scheduled: index range counts (no row is
+        # read), less the few the ledger or an unapplied expiry takes out of them.
         now = self.clock.time()
-        waiting = self._read(
-            "SELECT m.due > ?, m.priority, count(*), min(m.created) FROM q.dq_message AS m "
-            f"LEFT JOIN dq_delivery AS d ON d.id = m.id WHERE {_WAITING} "
-            "AND (m.expires IS NULL OR m.expires > ?) GROUP BY 1, 2",
+        tally: dict[tuple[int, bool], int] = {}
+        for band in Priority:
+            for later, op in ((False, "<="), (True, ">")):
+                (n,) = self._read(
+                    f"SELECT count(*) FROM q.dq_message WHERE state = {_READY} "
+                    f"AND priority = ? AND due {op} ?",
+                    (int(band), now),
+                )[0]
+                tally[(int(band), later)] = n
+        for prio, later, n in self._read(
+            "SELECT m.priority, m.due > ?, count(*) FROM dq_delivery AS d "
+            f"JOIN q.dq_message AS m ON m.id = d.id WHERE d.state != {_READY} "
+            f"AND m.state = {_READY} GROUP BY 1, 2",
+            (now,),
+        ) + self._read(
+            "SELECT m.priority, m.due > ?, count(*) FROM q.dq_message AS m "
+            "INDEXED BY dq_message_expires LEFT JOIN dq_delivery AS d ON d.id = m.id "
+            f"WHERE m.expires <= ? AND {_WAITING} GROUP BY 1, 2",
             (now, now),
-        )
-        ready = sum(n for later, _, n, _ in waiting if not later)
-        oldest = min((c for later, _, _, c in waiting if not later), default=None)
+        ):
+            tally[(prio, bool(later))] -= n
+        waiting = [(later, band, n) for (band, later), n in tally.items()]
+        ready = sum(n for later, _, n in waiting if not later)
         by_priority = {p.name.lower(): 0 for p in Priority}
-        for _, band, n, _ in waiting:
+        for _, band, n in waiting:
             by_priority[Priority(band).name.lower()] += n
+        con = self._ledger()
+        firsts = self._busy_retry("read", lambda: [
+            r[4] for band in Priority
+            for r in con.execute(_FIRST, (int(band), now, now)).fetchall()
+        ])
+        oldest = min(firsts, default=None)
         ledger = dict(self._read("SELECT state, count(*) FROM dq_delivery GROUP BY state"))
         kept = dict(self._read(
-            "SELECT state, count(*) FROM q.dq_message WHERE finished IS NOT NULL GROUP BY state"
+            "SELECT state, count(*) FROM q.dq_message INDEXED BY dq_message_finished "
+            "WHERE finished IS NOT NULL GROUP BY state"
         ))
         (put_total,) = self._read("SELECT max(id) FROM q.dq_message")[0]
         meta = dict(self._read("SELECT name, value FROM dq_meta"))
@@ -214,7 +251,7 @@ class PolicyVerbs:
             dead=kept.get(_DEAD, 0) + ledger.get(_DEAD, 0),
             put_total=put_total or 0,
             acked_total=meta["acked_total"],
-            scheduled=sum(n for later, _, n, _ in waiting if later),
+            scheduled=sum(n for later, _, n in waiting if later),
             done=kept.get(_DONE, 0) + (ledger.get(_DONE, 0) if self.retention.keeps else 0),
             expired=kept.get(_EXPIRED, 0) + ledger.get(_EXPIRED, 0),
             late_total=meta.get("late_total", 0),
