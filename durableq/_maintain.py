@@ -6,8 +6,9 @@ never loses a message or delivers one twice because of it: ``revive`` and ``quar
 touch only messages that are dead or waiting, ``replay`` and ``import`` put new messages
 as any producer does, and requeueing leases takes the owner lock first, so it only ever
 happens while no owner runs. A running Queue owner sees messages revived, replayed or
-imported here within its safety re-check (5 s) while consumers wait; an executor sees
-them at its next submit or restart.
+imported here within its safety re-check (5 s) while consumers wait; a ``durableq
+worker`` service is woken at once; any other executor sees them at its next submit or
+restart.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Maintainer(Inspector):
     def retry_dead(self, ids: Sequence[int] | None = None) -> list[int]:
         """Dead messages (all when ``ids`` is None) back to ready, with fresh failure
         budgets; returns the ids revived."""
-        return list(self._admin("retry_dead", None if ids is None else list(ids)))
+        return self._woken(list(self._admin("retry_dead", None if ids is None else list(ids))))
 
     def purge_dead(
         self, older_than: float | None = None, progress: Progress | None = None
@@ -69,7 +70,16 @@ class Maintainer(Inspector):
         Raises:
             ValueError: an id names no finished message; nothing is put then.
         """
-        return list(self._admin("replay", list(ids)))
+        return self._woken(list(self._admin("replay", list(ids))))
+
+    def _woken(self, ids: list[int]) -> list[int]:
+        """Wake a ``durableq worker`` serving this queue when messages became ready (a no-op
+        without one; a Queue owner finds them at its safety re-check)."""
+        if ids and any(ids):
+            from ._service import wake_service
+
+            wake_service(self.path)
+        return ids
 
     def quarantine(self, ids: Sequence[int], reason: str) -> list[int]:
         """Bury waiting messages among ``ids`` as dead with ``reason`` in the failure log
@@ -105,6 +115,7 @@ class Maintainer(Inspector):
                 continue
             self._store.put_many([body], **opts)
             count += 1
+        self._woken([count])
         return count
 
 

@@ -80,6 +80,11 @@ class WorkerService(Executor):
         return f"<durableq.WorkerService {self.path} workers={self._max_workers}>"
 
 
+def wake_service(path: str | os.PathLike[str]) -> None:
+    """Wake the ``WorkerService`` serving ``path``, if one runs: tasks became ready."""
+    FifoWakeups(os.path.join(os.fspath(path), WAKE_DIR)).poke([_TARGET])
+
+
 def _poke(watch: FifoWatch) -> None:
     fd = os.open(watch.path, os.O_WRONLY | os.O_NONBLOCK)
     try:

@@ -4,6 +4,8 @@ second SIGINT. Tasks are counted by id in an O_APPEND log."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -15,8 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import durableq
+from durableq._cli import main
+from durableq._task import check_options, encode_call
 
 from .conftest import TIMEOUT
 
@@ -91,6 +96,8 @@ def serving(proc: subprocess.Popen[bytes]) -> None:
 def test_takes_over_from_a_killed_program_and_serves_submitters(
     qpath: Path, tasks: Path, tmp_path: Path
 ) -> None:
+    import cli_tasks
+
     log, gate = tmp_path / "log", tmp_path / "gate"
     producer = textwrap.dedent(f"""
         import os, signal, sys
@@ -112,17 +119,24 @@ def test_takes_over_from_a_killed_program_and_serves_submitters(
         serving(proc)
         eventually(lambda: len(lines(log)) == 6, "the earlier program's tasks")
         with durableq.Submitter(qpath) as submit:
-            ids = submit.map(__import__("cli_tasks").record, [str(log)] * 3, [6, 7, 8])
+            ids = submit.map(cli_tasks.record, [str(log)] * 3, [6, 7, 8])
         assert ids == [7, 8, 9]
         eventually(lambda: len(lines(log)) == 9, "the submitted tasks")
+        task = encode_call(cli_tasks.record, (str(log), 9), {}, check_options(None, 3))
+        line = {"v": 1, "id": 1, "state": "ready", "priority": "high", "due": 0,
+                "attempts": 0, "created": 0, "finished": None, "deadline": None,
+                "expires": None, "body": base64.b64encode(task).decode()}
+        imported = CliRunner().invoke(main, ["import", str(qpath)], input=json.dumps(line))
+        assert imported.exit_code == 0, imported.output
+        eventually(lambda: len(lines(log)) == 10, "an imported task: the import wakes it")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT) == 0
     finally:
         reap(proc)
-    assert Counter(lines(log)) == Counter(str(n) for n in range(9)), "each task ran once"
+    assert Counter(lines(log)) == Counter(str(n) for n in range(10)), "each task ran once"
     with durableq.inspect(qpath) as view:
         counts = view.counts()
-        assert (counts.ready, counts.in_flight, counts.acked_total) == (0, 0, 9)
+        assert (counts.ready, counts.in_flight, counts.acked_total) == (0, 0, 10)
 
 
 def test_sigterm_finishes_the_running_task_and_sigint_twice_stops_at_once(
