@@ -155,3 +155,27 @@ def test_a_queue_made_before_macs_is_signed_when_opened(qpath: Path) -> None:
     q = durableq.Queue(path=qpath)
     assert q.get(timeout=TIMEOUT) == "x"
     q.close()
+
+
+def test_a_tampered_dead_letter_is_never_decoded_nor_replayed(tmp_path: Path) -> None:
+    path, marker = tmp_path / "q", tmp_path / "unpickled"
+    q = durableq.Queue(path=path, ack="manual")
+    q.put("fine")
+    q.put("to bury")
+    q.get_message(timeout=TIMEOUT).nack(requeue=False)
+    q.get_message(timeout=TIMEOUT).nack(requeue=False)
+    assert sorted(r.body for r in q.dead_letters()) == ["fine", "to bury"]
+    con = db(path)
+    (victim,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
+    con.execute("UPDATE dq_message SET body = ? WHERE id = ?", (evil(marker), victim))
+    assert [r.body for r in q.dead_letters()] == ["fine"]
+    assert [r.body for r in q.dead_letters()] == ["fine"]
+    assert [f.kind for f in q.faults()].count("quarantined") == 1  # reported once
+    q.retry_dead()  # revived in place: the lease's check still stands between it and a reader
+    msg = q.get_message(timeout=TIMEOUT)
+    assert msg.body == "fine"
+    msg.ack()
+    with pytest.raises(queue.Empty):
+        q.get_message(timeout=0.2)
+    assert q.stats()["quarantined"] == 1 and not marker.exists()
+    q.close()

@@ -566,6 +566,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
 
     def _init_process_state(self) -> None:
         _live.add(self)
+        self._reported = set()
         self._local = threading.local()
         self._uncollected = 0
         self._collected = 0

@@ -19,6 +19,7 @@ import hmac
 import os
 import sqlite3
 import struct
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final
@@ -135,6 +136,7 @@ class Integrity:
     path: str
     _key: bytes | None
     _key_spec: bytes | str | None
+    _reported: set[int]  # finished records already reported as failing
     #: Called with each quarantine fault (the owner sets it to raise its fault Event);
     #: the store's own fault log otherwise.
     on_integrity_fault: Callable[[Fault], None] | None = None
@@ -215,6 +217,21 @@ class Integrity:
             self._report("result", [r[0] for r in bad], now)
         bad_ids = {r[0] for r in bad}
         return {i: body for i, body, _ in rows if i not in bad_ids}
+
+    def _authentic(self, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+        """Finished records (history, dead letters) read as ``(id, ..., created at 5, ...,
+        body at 10, mac at 11)`` whose MAC holds; the others are left out, never handed
+        to a caller that would deserialize or replay them, and reported once."""
+        key = self._mac_key()
+        good: list[Sequence[Any]] = []
+        bad: list[Sequence[Any]] = []
+        for r in rows:
+            (good if message_ok(key, r[0], r[5], r[10], r[11]) else bad).append(r)
+        new = [r[0] for r in bad if r[0] not in self._reported]
+        if new:
+            self._reported.update(new)
+            self._report("stored message", new, time.time())
+        return good
 
     def _migrate(self) -> None:
         """Add the MAC columns and the quarantine table to a queue made before them, and

@@ -30,7 +30,7 @@ FAILURE_LOG_MAX: Final = 100_000
 _WAITING: Final = f"m.state = {_READY} AND (d.state IS NULL OR d.state = {_READY})"
 _RECORD: Final = (
     "SELECT id, state, priority, due, attempts, created, finished, deadline, expires, flags, "
-    "body FROM q.dq_message"
+    "body, mac FROM q.dq_message"
 )
 #: The first deliverable message of a band (for the oldest ready age).
 _FIRST: Final = f"""
@@ -51,7 +51,8 @@ ON CONFLICT (id) DO UPDATE SET state = {_EXPIRED}, expiry = excluded.expiry
 
 
 def _record(row: Sequence[Any]) -> Record:
-    id_, state, priority, due, attempts, created, finished, deadline, expires, flags, body = row
+    id_, state, priority, due, attempts, created, finished, deadline, expires, flags = row[:10]
+    body = row[10]  # a mac may follow
     return Record(
         id_, State(state), Priority(priority), due, attempts, created, finished, deadline,
         expires, bool(flags & 1), body,
@@ -75,6 +76,7 @@ class PolicyVerbs:
         def collect(self, *, wait: bool = True) -> int: ...
         def _result_mac(self, id_: int, body: bytes) -> bytes: ...
         def quarantined_count(self) -> int: ...
+        def _authentic(self, rows: Sequence[Any]) -> list[Any]: ...
 
     # -- failures -------------------------------------------------------------------------
 
@@ -281,13 +283,13 @@ class PolicyVerbs:
             (since if since is not None else float("-inf"), *map(int, states),
              -1 if limit is None else limit),
         )
-        return [_record(r) for r in rows]
+        return [_record(r) for r in self._authentic(rows)]  # never a forged body
 
     @guarded
     def record(self, id: int) -> Record | None:
         """One stored message, whatever its state (its state as the ledger says)."""
         rows = self._read(f"{_RECORD} WHERE id = ? AND length(body) > 0", (id,))
-        if not rows:
+        if not self._authentic(rows):
             return None
         row = list(rows[0])
         ledger = self._read("SELECT state, attempts FROM dq_delivery WHERE id = ?", (id,))
