@@ -16,7 +16,8 @@ the same batch sizes and the same put order. Each queue is owned by a process fo
 this one, with ``clock=durableq.ManualClock(T0)``, so nothing waits for real time. The two
 owners fill their queues in turns (TURN_GROUPS ``put_many`` calls or TURN_SINGLES single
 puts each, the first turn alternating), so load from other work on the machine falls on both
-sides alike; the later steps run one side after the other. Bodies are ``(band, due, seq)``:
+sides alike; the drains take turns the same way (DRAIN_TURN messages); the other steps run
+one side after the other. Bodies are ``(band, due, seq)``:
 what the message was put with, and its put sequence.
 
 1. Put rate. ``put_many`` takes one priority and one delay per call, so each of the ``--n``
@@ -40,8 +41,8 @@ what the message was put with, and its put sequence.
    is all that boot costs.
 5. Delivery order: that consumer drains the queue with ``get()`` (``ack="auto"``, the
    default), checking each body against the one before (starting from the message step 3
-   took): (band, due, seq) must rise, and every seq must arrive once. Its rate runs from its
-   first ``get()`` to its last.
+   took): (band, due, seq) must rise, and every seq must arrive once. Its rate is the time
+   spent in its drain turns, after its first ``get()``.
 6. Owner RSS (psutil): before the queue is made and after the fill; in the reopened owner,
    before ``Queue(path)`` and once the first message was served.
 """
@@ -93,6 +94,7 @@ PUT_MANY, SINGLE = "put_many", "single"
 #: load (other work on it) falls on both sides alike.
 TURN_GROUPS = 200
 TURN_SINGLES = 1_000
+DRAIN_TURN = 50_000  # messages each consumer gets a turn, the two sides alternating
 WAIT_S = 120.0  # bound on any cross-process wait; only a hang reaches it
 STALL_S = 60.0  # a consumer that waits this long for its next message reports what it got
 SETTLE_S = 1.0  # lets a consumer's get() reach the owner before an idle window starts
@@ -358,44 +360,54 @@ def _first_owner(conn: Connection, scheduled: bool, path: str, plan: Plan, idle_
 # -- the reopened owner: first get, drain in order, idle on the empty queue --------------------
 
 
+class OrderCheck:
+    """Checks a stream of ``(band, due, seq)`` bodies: each above the one before, each seq
+    once; ``prev`` is the body delivered just before the stream starts."""
+
+    def __init__(self, total: int, prev: tuple[Any, ...]) -> None:
+        self.prev = prev
+        self.seen = bytearray(total)
+        self.seen[prev[2]] = 1
+        self.received = self.out_of_order = self.duplicates = 0
+        self.examples: list[tuple[Any, Any]] = []
+
+    def see(self, body: Any) -> None:
+        key = tuple(body)
+        self.received += 1
+        if key < self.prev:
+            self.out_of_order += 1
+            if len(self.examples) < 5:
+                self.examples.append((self.prev, key))
+        self.duplicates += self.seen[key[2]]
+        self.seen[key[2]] = 1
+        self.prev = key
+
+    def report(self) -> dict[str, Any]:
+        return {"drain_received": self.received, "out_of_order": self.out_of_order,
+                "out_of_order_examples": self.examples, "duplicates": self.duplicates,
+                "missing": self.seen.count(0)}
+
+
 def _drainer(
     conn: Connection, q: durableq.Queue, total: int, prev: tuple[Any, ...], idle_wait: float
 ) -> None:
     first = q.get(timeout=WAIT_S)
-    t_first = time.perf_counter_ns()
-    conn.send(t_first)
-    seen = bytearray(total)
-    seen[prev[2]] = 1  # the first taker's message
-    out_of_order = duplicates = received = 0
-    examples: list[tuple[Any, Any]] = []
-    body: Any = first
-    t_last = t_first
-    while True:
-        key = tuple(body)
-        received += 1
-        if key < prev:
-            out_of_order += 1
-            if len(examples) < 5:
-                examples.append((prev, key))
-        duplicates += seen[key[2]]
-        seen[key[2]] = 1
-        prev = key
-        t_last = time.perf_counter_ns()
-        if received + 1 >= total:  # the first taker had one
-            break
+    conn.send(time.perf_counter_ns())
+    check = OrderCheck(total, prev)
+    check.see(first)
+    spent = 0
+    while (count := conn.recv()) != REST:  # a drain turn: get ``count`` messages
+        start = time.perf_counter_ns()
         try:
-            body = q.get(timeout=STALL_S)
+            for _ in range(count):
+                check.see(q.get(timeout=STALL_S))
         except queue.Empty:
-            break
-    report = {
-        "drain_received": received,
-        "drain_s": (t_last - t_first) / 1e9,
-        "drain_msgs_per_s": (received - 1) / ((t_last - t_first) / 1e9) if received > 1 else None,
-        "out_of_order": out_of_order,
-        "out_of_order_examples": examples,
-        "duplicates": duplicates,
-        "missing": seen.count(0),
-    }
+            pass  # reported as missing
+        spent += time.perf_counter_ns() - start
+        conn.send(None)
+    report = check.report()
+    report["drain_s"] = spent / 1e9
+    report["drain_msgs_per_s"] = (check.received - 1) / (spent / 1e9) if spent else None
     conn.send(report)
     extra = 0
     try:  # acks the last message, then waits on the empty queue while the owner is measured
@@ -414,13 +426,17 @@ def _second_owner(
     start = time.perf_counter_ns()
     q = durableq.Queue(path=path, ctx=CTX, clock=durableq.ManualClock(REOPEN_AT))
     out["reopen_open_s"] = (time.perf_counter_ns() - start) / 1e9
-    drain_timeout = WAIT_S + total / 1000  # allows for a drain as slow as 1k msgs/s
     with Children() as kids:
         drainer = kids.start(_drainer, q, total, prev, SETTLE_S + idle_s + 5.0)
         out["reopen_first_get_s"] = (drainer.recv() - start) / 1e9
         out["reopen_rss_served_mb"] = _rss()
         out["reopen_rss_growth_mb"] = out["reopen_rss_served_mb"] - out["reopen_rss_before_mb"]
-        out.update(drainer.recv(drain_timeout))
+        conn.send(out)
+        while (turn := conn.recv()) != REST:  # the driver's drain turns, passed on
+            drainer.send(turn)
+            conn.send(drainer.recv(WAIT_S + turn / 1000))
+        drainer.send(REST)
+        out = drainer.recv()
         out["owner_rss_drained_mb"] = _rss()
         time.sleep(SETTLE_S)
         out["idle_empty"] = _cpu_window(drainer.pid, idle_s)
@@ -436,6 +452,15 @@ def fill_in_turns(owners: list[Child], plan: Plan) -> None:
         for kid in owners if i % 2 == 0 else owners[::-1]:
             kid.send(turn)
             kid.recv()
+
+
+def drain_in_turns(owners: list[Child], count: int) -> None:
+    """Both consumers get the same number of messages a turn, alternating which goes first."""
+    for i, lo in enumerate(range(0, count, DRAIN_TURN)):
+        turn = min(DRAIN_TURN, count - lo)
+        for kid in owners if i % 2 == 0 else owners[::-1]:
+            kid.send(turn)
+            kid.recv(WAIT_S + turn / 1000)
 
 
 def run(plan: Plan, sizes: Sizes) -> dict[str, dict[str, Any]]:
@@ -461,13 +486,21 @@ def run(plan: Plan, sizes: Sizes) -> dict[str, dict[str, Any]]:
                 os.kill(owner.pid, signal.SIGKILL)  # with the backlog in its store
                 owner.proc.join(WAIT_S)
                 rows[side]["disk_mb"] = _disk_mb(paths[side])
+            reopened = []
             for side in SIDES:
-                print(f"  {side}: reopen, drain in order, idle ...", flush=True)
+                print(f"  {side}: reopen -> first get ...", flush=True)
                 rows[side]["loadavg_at_reopen"] = os.getloadavg()
-                reopened = kids.start(_second_owner, paths[side], plan.total,
-                                      plan.first_key(side == "scheduled"), sizes.idle_s)
-                rows[side].update(reopened.recv(WAIT_S + 2 * plan.total / 1000))
-                reopened.join()
+                kid = kids.start(_second_owner, paths[side], plan.total,
+                                 plan.first_key(side == "scheduled"), sizes.idle_s)
+                rows[side].update(kid.recv())
+                reopened.append(kid)
+            print("  draining both queues in turns ...", flush=True)
+            drain_in_turns(reopened, plan.total - 2)  # the first taker and drainer got one
+            for side, kid in zip(SIDES, reopened, strict=True):
+                print(f"  {side}: idle on the empty queue ...", flush=True)
+                kid.send(REST)
+                rows[side].update(kid.recv())
+                kid.join()
     except Exception as exc:
         for row in rows.values():
             row.setdefault("error", f"{type(exc).__name__}: {exc}")
@@ -585,7 +618,7 @@ METHOD = (
     "order; the plain side puts the same batch sizes in the same order without options. "
     "Single puts: each scheduled one has its own band and float delay, against plain puts. "
     f"The two owners fill in alternating turns ({TURN_GROUPS} put_many calls or "
-    f"{TURN_SINGLES} single puts). "
+    f"{TURN_SINGLES} single puts), and drain in alternating turns of {DRAIN_TURN:,} gets. "
     "Both queues are owned by a child process and drained by a grandchild calling get() "
     "(ack='auto'). Reopen has no rebuild pass to measure: the order index is SQLite's "
     "dq_message_order (state, priority, due, id), read in place; the figure is Queue(path) "
