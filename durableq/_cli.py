@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from . import __version__
+from ._cli_commands import cancel, confirm, drain, pending
 from ._cli_common import DURATION, ago, console, emit, handled, json_option, reading
 from ._cli_fix import doctor, export, import_, purge, replay, retry
 from ._cli_read import ls, report, show
@@ -70,5 +71,8 @@ def _print_stats(data: dict[str, Any]) -> None:
     console().print(table)
 
 
-for command in (ls, show, report, retry, replay, purge, export, import_, doctor, top, worker):
+for command in (
+    ls, show, report, retry, replay, purge, export, import_, doctor, top, worker,
+    pending, confirm, cancel, drain,
+):
     main.add_command(command)

@@ -264,7 +264,9 @@ def test_every_command_has_help_with_an_example_and_exit_codes(tmp_path: Path) -
         assert runner.invoke(main, [name]).exit_code == 2, name  # PATH missing
         if name == "import":
             continue  # creates its queue
-        args = [name, str(tmp_path / "plain"), *(["1"] if name in ("show", "replay") else [])]
+        extra = {"show": ["1"], "replay": ["1"], "cancel": ["1"], "confirm": ["1"],
+                 "pending": ["dev"], "drain": ["dev"]}.get(name, [])
+        args = [name, str(tmp_path / "plain"), *extra]
         args += ["--dead"] if name in ("retry", "purge") else []
         missing = runner.invoke(main, args)
         assert missing.exit_code == 3 and "not a durableq queue" in missing.output, name
