@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import durableq
+import durableq._limits
 from durableq._limits import HIGH, LOW, MemoryWatch, auto_workers, memory_limits, parse_size
 
 from .conftest import TIMEOUT
@@ -75,7 +76,12 @@ def test_auto_shrinks_under_memory_pressure_and_grows_back() -> None:
     assert watch.stats()["memory_shrunk"] == 1
 
 
-def test_a_worker_over_max_worker_memory_after_a_task_is_recycled(tmp_path: Path) -> None:
+def test_a_worker_over_max_worker_memory_after_a_task_is_recycled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RSS is read at most every AFTER_TASK_EVERY per worker; read after every task here,
+    # or a quick allocation right after a small task would be seen one task late.
+    monkeypatch.setattr(durableq._limits, "AFTER_TASK_EVERY", 0.0)
     with durableq.Executor(1, path=tmp_path / "q", max_worker_memory="150MB") as ex:
         small = ex.submit(pid).result(TIMEOUT)
         assert ex.submit(pid).result(TIMEOUT) == small  # under the limit: same worker
