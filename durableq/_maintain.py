@@ -17,8 +17,9 @@ import base64
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
+from ._errors import StoreTimeout
 from ._inspect import PAGE, STATE_NAMES, Inspector, check_queue
 from ._lock import OwnerLock
 from ._records import Priority, Record, State
@@ -31,6 +32,9 @@ UNFINISHED: Final = (State.READY, State.SCHEDULED, State.IN_FLIGHT)
 FINISHED: Final = (State.DONE, State.DEAD, State.EXPIRED)
 #: ``progress(done, total)``
 Progress = Callable[[int, int], None]
+#: Seconds a repair keeps retrying while the owner or producers hold the locks it needs.
+RETRY_FOR: Final = 30.0
+T = TypeVar("T")
 
 
 class Maintainer(Inspector):
@@ -39,7 +43,8 @@ class Maintainer(Inspector):
     def retry_dead(self, ids: Sequence[int] | None = None) -> list[int]:
         """Dead messages (all when ``ids`` is None) back to ready, with fresh failure
         budgets; returns the ids revived."""
-        return self._woken(list(self._admin("retry_dead", None if ids is None else list(ids))))
+        wanted = None if ids is None else list(ids)
+        return self._woken(list(self._retry(self._admin, "retry_dead", wanted)))
 
     def purge_dead(
         self, older_than: float | None = None, progress: Progress | None = None
@@ -49,7 +54,7 @@ class Maintainer(Inspector):
         and the total), it deletes oldest first, ``PAGE`` at a time: short transactions
         beside a live owner, and a bar that moves."""
         if progress is None:
-            return int(self._admin("purge_dead", older_than))
+            return int(self._retry(self._admin, "purge_dead", older_than))
         cutoff = float("inf") if older_than is None else time.time() - older_than
         times = sorted(
             r.finished for r in self.walk([State.DEAD])
@@ -59,7 +64,7 @@ class Maintainer(Inspector):
         done = 0
         progress(0, len(times))
         for step in steps:
-            done += self._store.purge([State.DEAD], older_than=min(step, cutoff))
+            done += self._retry(self._store.purge, [State.DEAD], older_than=min(step, cutoff))
             progress(done, len(times))
         return done
 
@@ -70,7 +75,22 @@ class Maintainer(Inspector):
         Raises:
             ValueError: an id names no finished message; nothing is put then.
         """
-        return self._woken(list(self._admin("replay", list(ids))))
+        new = [self._retry(self._admin, "replay", [i])[0] for i in ids]  # one put each
+        return self._woken(new)
+
+    def _retry(self, verb: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store verb, again while another process's transaction holds a lock it
+        needs (the owner's, a producer's). Each verb is one transaction, rolled back whole
+        when it fails, so running it again is safe."""
+        delay, end = 0.001, time.monotonic() + RETRY_FOR
+        while True:
+            try:
+                return verb(*args, **kwargs)
+            except StoreTimeout:
+                if time.monotonic() >= end:
+                    raise
+                time.sleep(delay)  # the other transaction is short: back off and retry
+                delay = min(delay * 2, 0.05)
 
     def _woken(self, ids: list[int]) -> list[int]:
         """Wake a ``durableq worker`` serving this queue when messages became ready (a no-op
@@ -84,7 +104,7 @@ class Maintainer(Inspector):
     def quarantine(self, ids: Sequence[int], reason: str) -> list[int]:
         """Bury waiting messages among ``ids`` as dead with ``reason`` in the failure log
         (``retry_dead`` brings them back); returns the ids buried."""
-        return self._store.quarantine(list(ids), now=time.time(), reason=reason)
+        return self._retry(self._store.quarantine, list(ids), now=time.time(), reason=reason)
 
     def requeue_orphans(self) -> int:
         """Return every in-flight message to ready, as the next owner would at start-up.
@@ -96,7 +116,7 @@ class Maintainer(Inspector):
         """
         lock = OwnerLock(self.path, wait=False)
         try:
-            return self._store.requeue_expired(float("inf"))
+            return self._retry(self._store.requeue_expired, float("inf"))
         finally:
             lock.release()
 
@@ -113,7 +133,7 @@ class Maintainer(Inspector):
             state, body, opts = _import_line(line)
             if state in FINISHED and not finished:
                 continue
-            self._store.put_many([body], **opts)
+            self._retry(self._store.put_many, [body], **opts)
             count += 1
         self._woken([count])
         return count

@@ -300,3 +300,55 @@ def test_inspecting_in_the_owner_process_keeps_the_lock(qpath: Path) -> None:
     assert result.get(timeout=TIMEOUT) == f"locked by {os.getpid()}", "the lock survived"
     p.join(TIMEOUT)
     del q  # the owner shuts down; its pid stays on record
+
+
+def _consume(q: Any, log: str) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    while True:
+        msg = q.get_message(timeout=TIMEOUT)
+        if msg.body is None:
+            msg.ack()
+            break
+        if msg.body % 3 == 0 and msg.attempts == 1:
+            msg.nack(requeue=False)  # dead: for the maintainer to revive
+        else:
+            os.write(fd, f"{msg.body}\n".encode())
+            msg.ack()
+    os.close(fd)
+
+
+def _maintain(path: str, stop: Any, revived: Any) -> None:
+    while not stop.is_set():
+        with durableq.maintain(path) as queue:
+            revived.value += len(queue.retry_dead())
+            queue.purge_dead(older_than=3600)  # deletes nothing, but takes the same locks
+
+
+def test_repairs_beside_a_busy_owner_lose_nothing_and_deliver_nothing_twice(
+    qpath: Path, tmp_path: Path
+) -> None:
+    import multiprocessing
+    from collections import Counter
+
+    n, log = 300, str(tmp_path / "acked")
+    q = durableq.Queue(path=qpath, ack="manual")
+    stop, revived = multiprocessing.Event(), multiprocessing.Value("i", 0)
+    procs = [multiprocessing.Process(target=_consume, args=(q, log)) for _ in range(2)]
+    procs.append(multiprocessing.Process(target=_maintain, args=(str(qpath), stop, revived)))
+    for p in procs:
+        p.start()
+    for i in range(n):
+        q.put(i)
+    end = time.monotonic() + TIMEOUT
+    while len(Path(log).read_text().split() if Path(log).exists() else []) < n:
+        assert time.monotonic() < end, "revived messages never came back"
+        time.sleep(0.01)
+    stop.set()
+    q.put_many([None, None])
+    for p in procs:
+        p.join(TIMEOUT)
+        assert p.exitcode == 0
+    acked = Counter(Path(log).read_text().split())
+    assert acked == Counter(str(i) for i in range(n)), "each message acked exactly once"
+    assert revived.value == n // 3
+    del q
