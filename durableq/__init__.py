@@ -40,7 +40,14 @@ from ._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Reco
 from ._report import ErrorGroup
 from ._serializer import Serializer
 from ._service import Submitter, WorkerService
-from .store import CommandStore, DiskcacheStore, MemoryStore, RedisStore, Store
+from .store import (
+    CommandStore,
+    DiskcacheStore,
+    MemoryStore,
+    PostgresStore,
+    RedisStore,
+    Store,
+)
 from .store._salvage import Salvaged, salvage
 
 __version__ = "0.1.0.dev0"
@@ -72,6 +79,7 @@ __all__ = [
     "OwnerGone",
     "PendingCommand",
     "Pool",
+    "PostgresStore",
     "Priority",
     "Queue",
     "QueueLocked",

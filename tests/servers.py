@@ -188,21 +188,48 @@ class PostgresServer(_Server):
 
     def _answers(self) -> bool:
         done = subprocess.run(
-            [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port),
+             "-U", "postgres"],
             capture_output=True, timeout=10,
         )
         return done.returncode == 0
 
     def kill(self) -> None:
-        # runuser forwards no SIGKILL: kill the postmaster itself, its children follow.
+        # runuser forwards no SIGKILL: kill the postmaster itself; runuser reaps it and
+        # exits (killing runuser too would leave a zombie postmaster, whose pid in the
+        # lock file would keep the next one from starting).
         pid_file = self.data / "postmaster.pid"
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-        super().kill()
-        # Its backends exit once they notice the postmaster is gone; wait for the port.
+        if self.proc is not None:
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                super().kill()
+
+    def stop(self) -> None:
+        # SIGINT: PostgreSQL's fast shutdown (SIGTERM would wait for every session to end).
+        pid_file = self.data / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+        if self.proc is not None:
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def start(self) -> None:
+        # After a kill, the old backends exit once they notice the postmaster is gone; until
+        # then a new postmaster refuses the data directory (its shared memory is in use).
         deadline = time.monotonic() + START_TIMEOUT
-        while self._answers() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while True:
+            try:
+                super().start()
+                return
+            except ServerError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 @contextlib.contextmanager

@@ -165,6 +165,7 @@ class Store(Protocol):
 from ._commandstore import CommandCounts, CommandRow, CommandStore, CommandWatch  # noqa: E402
 from ._diskcache import DiskcacheStore  # noqa: E402
 from ._memory import MemoryStore  # noqa: E402
+from ._postgres import PostgresStore  # noqa: E402
 from ._redis import RedisStore  # noqa: E402
 
 __all__ = [
@@ -174,6 +175,7 @@ __all__ = [
     "CommandWatch",
     "DiskcacheStore",
     "MemoryStore",
+    "PostgresStore",
     "RedisStore",
     "Store",
 ]
