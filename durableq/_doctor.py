@@ -2,10 +2,11 @@
 
 Checks: SQLite's ``integrity_check`` on every database file, who may write the directory
 (the same rules that refuse to open an unsafe one), the owner lock, leases nobody will
-settle (no owner alive, or expired ones a live owner has not taken back), and message
-bodies no consumer or worker could read. Repairs (``repair=True``): orphaned leases go
-back to ready, taking the owner lock so no owner runs meanwhile; unreadable waiting
-messages are quarantined as dead, with the reason in the failure log. Integrity and
+settle (no owner alive, or expired ones a live owner has not taken back), records failing
+their HMAC, and message bodies no consumer or worker could read. Repairs
+(``repair=True``): orphaned leases go back to ready, taking the owner lock so no owner
+runs meanwhile; unreadable waiting messages are quarantined as dead, with the reason in
+the failure log. Integrity and
 permission problems are reported with the command that fixes them, never changed here.
 """
 
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from ._bodies import problem
-from ._errors import QueueLocked, UnsafePath
+from ._errors import ConfigurationError, QueueLocked, UnsafePath
 from ._maintain import Maintainer
 from ._records import State
 
@@ -70,6 +71,7 @@ def diagnose(
         else f"no owner running (last: pid {pid})" if pid else "no owner has run yet",
     ))
     checks.append(_leases(queue, alive, repair))
+    checks.append(_signatures(queue))
     checks.append(_bodies(queue, repair, report))
     return Diagnosis(queue.path, checks)
 
@@ -139,6 +141,25 @@ def _leases(queue: Maintainer, alive: bool, repair: bool) -> Check:
     except QueueLocked as exc:
         return Check("leases", "problem", f"an owner started meanwhile: {exc}", ids)
     return Check("leases", "fixed", f"{back} orphaned lease(s) returned to ready", ids)
+
+
+def _signatures(queue: Maintainer) -> Check:
+    """Every record against its HMAC (reading only). A record that fails is never
+    deserialized: reads leave it out and the owner quarantines it when it meets it."""
+    try:
+        found = queue.verify()
+    except ConfigurationError as exc:
+        return Check("signatures", "problem", str(exc))
+    bad = sorted(found["failed"]) + sorted(found["failed_results"])
+    earlier = f"; {found['quarantined']} quarantined earlier" if found["quarantined"] else ""
+    if not bad:
+        return Check("signatures", "ok", f"{found['checked']} record(s) authentic{earlier}")
+    return Check(
+        "signatures", "problem",
+        f"{len(bad)} record(s) fail their HMAC: changed by someone without the key, never "
+        f"deserialized (left out of reads; the owner quarantines them){earlier}",
+        bad[:SHOWN],
+    )
 
 
 def _bodies(queue: Maintainer, repair: bool, report: Progress) -> Check:

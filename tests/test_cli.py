@@ -352,3 +352,20 @@ def test_repairs_beside_a_busy_owner_lose_nothing_and_deliver_nothing_twice(
     assert acked == Counter(str(i) for i in range(n)), "each message acked exactly once"
     assert revived.value == n // 3
     del q
+
+
+def test_forged_records_are_left_out_and_reported(qpath: Path) -> None:
+    import sqlite3
+
+    store = DiskcacheStore(qpath)
+    store.put_many([b"\x01\x01", b"\x01\x02", b"\x01\x03"])
+    store.close()
+    con = sqlite3.connect(qpath / "cache.db")
+    with con:
+        con.execute("UPDATE dq_message SET body = ? WHERE id = 2", (b"\x01\x07",))
+    con.close()
+    assert [m["id"] for m in run_json("ls", str(qpath))["messages"]] == [1, 3]
+    run("show", str(qpath), "2", code=1)
+    assert [json.loads(x)["id"] for x in run("export", str(qpath)).stdout.splitlines()] == [1, 3]
+    checks = {c["name"]: c for c in run_json("doctor", str(qpath), code=1)["checks"]}
+    assert (checks["signatures"]["status"], checks["signatures"]["ids"]) == ("problem", [2])

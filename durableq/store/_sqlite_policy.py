@@ -397,16 +397,17 @@ class PolicyVerbs:
         self, states: Sequence[State], *, now: float, after: int = 0, limit: int = 100
     ) -> list[Record]:
         """Messages in ``states`` with ids above ``after``, ascending, at most ``limit``: one
-        page of a keyset walk. Finished ones are listed whether or not the owner has
-        collected them yet. Each state's query is an index range stopped by ``limit``, so a
-        page costs the same whatever the backlog."""
+        page of a keyset walk (shorter when records failing their MAC are left out).
+        Finished ones are listed whether or not the owner has collected them yet. Each
+        state's query is an index range stopped by ``limit``, so a page costs the same
+        whatever the backlog."""
         rows: list[Any] = []
         args = {"now": now, "after": after, "limit": limit}
         for state in set(states):
             for query in _LISTING.get(State(state), ()):
                 rows += self._read(f"{_LISTED} {query}", args)  # type: ignore[arg-type]
         rows.sort(key=lambda r: r[0])
-        return [_record(r) for r in rows[:limit]]
+        return [_record(r) for r in self._authentic(rows[:limit])]  # never a forged body
 
     @guarded
     def tallies(self) -> dict[str, int]:
@@ -482,7 +483,7 @@ SELECT m.id,
             ELSE m.state END,
        m.priority, m.due, coalesce(d.attempts, m.attempts), m.created,
        coalesce(m.finished, CASE WHEN d.state != {_IN_FLIGHT} THEN d.expiry END),
-       m.deadline, m.expires, m.flags | coalesce(d.flags, 0), m.body
+       m.deadline, m.expires, m.flags | coalesce(d.flags, 0), m.body, m.mac
 """
 _M_FIRST: Final = "FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id WHERE"
 _D_FIRST: Final = "FROM dq_delivery AS d JOIN q.dq_message AS m ON m.id = d.id WHERE"
