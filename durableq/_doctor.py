@@ -6,8 +6,9 @@ settle (no owner alive, or expired ones a live owner has not taken back), record
 their HMAC, and message bodies no consumer or worker could read. Repairs
 (``repair=True``): orphaned leases go back to ready, taking the owner lock so no owner
 runs meanwhile; unreadable waiting messages are quarantined as dead, with the reason in
-the failure log. Integrity and
-permission problems are reported with the command that fixes them, never changed here.
+the failure log; damaged database files are rebuilt from their readable rows
+(``durableq.salvage``, no owner running). Permission problems are reported with the
+command that fixes them, never changed here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from ._bodies import problem
-from ._errors import ConfigurationError, QueueLocked, UnsafePath
+from ._errors import ConfigurationError, QueueLocked, StoreError, UnsafePath
 from ._maintain import Maintainer
 from ._records import State
 
@@ -64,16 +65,26 @@ def diagnose(
     """Run every check on ``queue``; with ``repair``, fix what can be fixed."""
     report = progress or (lambda step, done, total: None)
     checks = [*_integrity(queue.path, report), _permissions(queue.path)]
+    if repair and any(c.status == "problem" for c in checks[:-1]):
+        checks = [*_salvage(queue.path, checks[:-1], report), checks[-1]]
     pid, alive = queue.owner()
     checks.append(Check(
         "owner", "ok",
         f"pid {pid} owns the queue" if alive
         else f"no owner running (last: pid {pid})" if pid else "no owner has run yet",
     ))
-    checks.append(_leases(queue, alive, repair))
-    checks.append(_signatures(queue))
-    checks.append(_bodies(queue, repair, report))
+    checks.append(_reading("leases", lambda: _leases(queue, alive, repair)))
+    checks.append(_reading("signatures", lambda: _signatures(queue)))
+    checks.append(_reading("bodies", lambda: _bodies(queue, repair, report)))
     return Diagnosis(queue.path, checks)
+
+
+def _reading(name: str, check: Callable[[], Check]) -> Check:
+    """A check that reads the store: a damaged file stops it, not the diagnosis."""
+    try:
+        return check()
+    except StoreError as exc:
+        return Check(name, "problem", f"could not read the store: {exc}")
 
 
 def _integrity(path: str, report: Progress) -> list[Check]:
@@ -96,10 +107,39 @@ def _integrity(path: str, report: Progress) -> list[Check]:
         else:
             out.append(Check(
                 f"integrity {base}", "problem",
-                "; ".join(rows[:5]) + " (restore from a backup, or `durableq export` what "
-                "is readable into a new queue)",
+                "; ".join(rows[:5]) + " (--repair rebuilds it from its readable rows "
+                "while no owner runs: durableq.salvage)",
             ))
     report("integrity", len(files), len(files))
+    return out
+
+
+def _salvage(path: str, found: list[Check], report: Progress) -> list[Check]:
+    """Rebuild damaged files from their readable rows (``durableq.salvage``), then check
+    them again; a file that is not one of the queue's is only reported."""
+    from .store._salvage import salvage
+
+    try:
+        done = salvage(path)
+    except QueueLocked as exc:
+        for c in found:
+            if c.status == "problem":
+                c.detail += f"; not salvaged: {exc} (stop it first)"
+        return found
+    after = {c.name: c for c in _integrity(path, report)}
+    out = []
+    for c in found:
+        again = after.get(c.name, c)
+        for s in done:
+            if f"integrity {os.path.basename(s.path)}" == c.name:
+                lost = sum(len(v) for v in s.lost.values())
+                again = Check(
+                    c.name, "fixed" if again.status == "ok" else "problem",
+                    f"rebuilt from its readable rows ({sum(s.rows.values())} kept, {lost} "
+                    f"lost; the damaged file is kept as {os.path.basename(s.kept_as)})"
+                    + (f"; {s.error}" if s.error else ""),
+                )
+        out.append(again)
     return out
 
 

@@ -369,3 +369,19 @@ def test_forged_records_are_left_out_and_reported(qpath: Path) -> None:
     assert [json.loads(x)["id"] for x in run("export", str(qpath)).stdout.splitlines()] == [1, 3]
     checks = {c["name"]: c for c in run_json("doctor", str(qpath), code=1)["checks"]}
     assert (checks["signatures"]["status"], checks["signatures"]["ids"]) == ("problem", [2])
+
+
+def test_doctor_repair_salvages_a_damaged_file(qpath: Path) -> None:
+    from .test_corruption import garble_middle_page
+
+    store = DiskcacheStore(qpath)
+    store.put_many([b"\x01\xa1x" * 60] * 2000)
+    store.close()
+    garble_middle_page(qpath)
+    found = {c["name"]: c for c in run_json("doctor", str(qpath), code=1)["checks"]}
+    assert found["integrity cache.db"]["status"] == "problem"
+    fixed = {c["name"]: c for c in run_json("doctor", str(qpath), "--repair")["checks"]}
+    assert fixed["integrity cache.db"]["status"] == "fixed"
+    assert "lost" in fixed["integrity cache.db"]["detail"]
+    assert list(qpath.glob("cache.db.corrupt-*")), "the damaged file is kept"
+    assert run_json("doctor", str(qpath))["ok"]
