@@ -39,6 +39,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/queue_throughput.py
 	$(BIN)/python bench/executor_throughput.py
 	$(BIN)/python bench/crash_recovery.py
+	$(BIN)/python bench/schedule_bench.py
 
 crash-bench: $(VENV)/.installed-test
 	$(BIN)/python bench/crash_recovery.py
