@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._policy import CAUSES, FailedAttempt, Verdict, decide
 from .._records import Counts, Failure, Priority, Record, State
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .._clock import Clock
     from .._policy import Retention
 
+_T = TypeVar("_T")
 _READY, _IN_FLIGHT, _DONE, _DEAD, _EXPIRED = (
     int(s) for s in (State.READY, State.IN_FLIGHT, State.DONE, State.DEAD, State.EXPIRED)
 )
@@ -70,7 +71,7 @@ class PolicyVerbs:
     if TYPE_CHECKING:
         def _ledger(self) -> sqlite3.Connection: ...
         def _messages(self) -> sqlite3.Connection: ...
-        def _busy_retry(self, step: str, fn: Any) -> Any: ...
+        def _busy_retry(self, step: str, fn: Callable[[], _T]) -> _T: ...
         def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
         def _write(self, con: sqlite3.Connection, begin: str = ...) -> Any: ...
         def collect(self, *, wait: bool = True) -> int: ...
@@ -229,11 +230,11 @@ class PolicyVerbs:
             (now, now),
         ):
             tally[(prio, bool(later))] -= n
-        waiting = [(later, band, n) for (band, later), n in tally.items()]
+        waiting = [(later, b, n) for (b, later), n in tally.items()]
         ready = sum(n for later, _, n in waiting if not later)
         by_priority = {p.name.lower(): 0 for p in Priority}
-        for _, band, n in waiting:
-            by_priority[Priority(band).name.lower()] += n
+        for _, b, n in waiting:
+            by_priority[Priority(b).name.lower()] += n
         con = self._ledger()
         firsts = self._busy_retry("read", lambda: [
             r[4] for band in Priority
