@@ -24,10 +24,11 @@ demo: $(VENV)/.installed
 # non-interactively (as root in CI; through sudo elsewhere), and started by tests/servers.py.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 servers:
-	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+			|| ! [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			redis-server postgresql </dev/null; \
+			redis-server postgresql rabbitmq-server </dev/null; \
 	fi
 
 test: $(VENV)/.installed-test servers

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from .servers import postgres_server, redis_server  # noqa: F401  (session fixtures)
+from .servers import (  # noqa: F401  (session fixtures)
+    postgres_server,
+    rabbitmq_server,
+    redis_server,
+)
 
 #: Bounded wait for anything cross-process; only a deadlock reaches it.
 TIMEOUT = 30.0

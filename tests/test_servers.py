@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .servers import PostgresServer, RedisServer
+from .servers import PostgresServer, RabbitMQServer, RedisServer
 
 
 def test_redis_answers_and_keeps_data_across_a_kill(redis_server: RedisServer) -> None:
@@ -23,3 +23,24 @@ def test_postgres_answers(postgres_server: PostgresServer) -> None:
 
     with psycopg.connect(postgres_server.url) as con:
         assert con.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_rabbitmq_answers_and_keeps_durable_messages_across_a_kill(
+    rabbitmq_server: RabbitMQServer,
+) -> None:
+    import pika
+
+    con = pika.BlockingConnection(pika.URLParameters(rabbitmq_server.url))
+    channel = con.channel()
+    channel.confirm_delivery()
+    channel.queue_declare("durableq-test.kept", durable=True)
+    channel.basic_publish("", "durableq-test.kept", b"1",
+                          pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent))
+    con.close()
+    rabbitmq_server.restart()
+    con = pika.BlockingConnection(pika.URLParameters(rabbitmq_server.url))
+    channel = con.channel()
+    _, _, body = channel.basic_get("durableq-test.kept", auto_ack=True)
+    assert body == b"1", "a confirmed persistent message must survive a kill"
+    channel.queue_delete("durableq-test.kept")
+    con.close()
