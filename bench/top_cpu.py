@@ -16,8 +16,14 @@ each for ``--seconds``:
 2. The peer: the naive way to refresh, ``counts()`` (the exact count behind ``durableq
    stats``) once per second, in a process of its own.
 
+3. The owner is not slowed: in a queue holding ``--messages // 5`` ready messages, the
+   owner puts 20,000 messages that a consumer process gets (round trips through the
+   owner's dispatcher), alternately without and with ``durableq top --json --interval 1``
+   reading the same queue, three times each; medians and their ratio.
+
 Printed and written to ``bench/results/top_cpu.json`` (``--out``): CPU as a percentage of
-one core for each, their ratio, and the cost of one ``counts()`` and one ``tallies()``.
+one core for each, their ratio, the cost of one ``counts()`` and one ``tallies()``, and
+the owner's throughput without and with top.
 """
 
 from __future__ import annotations
@@ -67,6 +73,42 @@ def naive(path: str, seconds: float) -> None:
         while time.monotonic() < end:
             view.counts()
             time.sleep(1.0)
+
+
+def _get(q: Any, n: int) -> None:
+    for _ in range(n):
+        q.get()
+
+
+def owner_rate(path: str, backlog: int, with_top: bool) -> float:
+    """Messages per second through a live owner (put here, got by a consumer process)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    q = durableq.Queue(path=path)
+    for start in range(0, backlog, 10_000):
+        q.put_many(list(range(start, min(backlog, start + 10_000))), priority="low")
+    top = None
+    if with_top:
+        top = subprocess.Popen(
+            [sys.executable, "-m", "durableq", "top", path, "--json", "--interval", "1"],
+            stdout=subprocess.PIPE,
+        )
+        assert top.stdout is not None
+        top.stdout.readline()  # its first refresh (and exact count) is done
+    n = 20_000
+    consumer = multiprocessing.get_context("fork").Process(target=_get, args=(q, n))
+    consumer.start()
+    t = time.perf_counter()
+    for i in range(n):
+        q.put(i, priority="high")  # ahead of the backlog
+    consumer.join()
+    elapsed = time.perf_counter() - t
+    if top is not None:
+        top.terminate()
+        top.communicate()
+    del q
+    return n / elapsed
 
 
 def cpu_of(proc: psutil.Process) -> float:
@@ -150,6 +192,12 @@ def main() -> None:
         finally:
             stop.set()
             own.join(30)
+        rates: dict[str, list[float]] = {"without": [], "with": []}
+        for _ in range(3):
+            for key in ("without", "with"):
+                rates[key].append(
+                    owner_rate(os.path.join(tmp, "rt.q"), args.messages // 5, key == "with")
+                )
     results = {
         "environment": env,
         "reproduce": reproduce_command(__file__, sys.argv[1:]),
@@ -161,6 +209,8 @@ def main() -> None:
         "top": top,
         "counts_every_second": peer,
         "ratio": top["cpu_percent"] / peer["cpu_percent"] if peer["cpu_percent"] else None,
+        "owner_rate": {k: sorted(v)[1] for k, v in rates.items()},
+        "owner_rate_runs": rates,
     }
     print(f"{args.messages:,} ready messages, {args.seconds:g} s of each view")
     print(f"{'view':<34} {'CPU % of a core':>16}")
@@ -170,6 +220,9 @@ def main() -> None:
         print(f"ratio top / peer: {results['ratio']:.3f}")
     print(f"one counts(): {counts_s * 1e3:,.0f} ms; one tallies(): {tallies_s * 1e3:.2f} ms; "
           f"top's first frame after {top['first_frame_s']:.1f} s")
+    rate = results["owner_rate"]
+    print(f"owner round trips, median of 3: {rate['without']:,.0f}/s without top, "
+          f"{rate['with']:,.0f}/s with top ({rate['with'] / rate['without']:.2f}x)")
     print("reproduce:", results["reproduce"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
