@@ -24,8 +24,8 @@ from ._cli_worker import worker
 def main() -> None:
     """Inspect, repair and run durableq queues from a terminal.
 
-    Reading commands never take ownership and can run beside a live owner; every one
-    takes --json (schemas: docs/cli.md).
+    Reading commands never take ownership and can run beside a live owner; each
+    takes --json (schemas: docs/cli.md). Repairs are safe beside it too.
 
     Example: durableq stats jobs.q
     """
