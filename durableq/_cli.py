@@ -34,17 +34,20 @@ def main() -> None:
 @main.command()
 @click.argument("path", type=click.Path())
 @click.option(
-    "--window", type=DURATION, default=0.0, show_default=True,
-    help="Read the counters twice this far apart and show put/ack/fail rates per second.",
+    "--window", type=DURATION, default=None,
+    help="Read the counters twice this far apart and show put/ack/fail rates per second "
+    "(default: 1s for a table on a terminal, none otherwise).",
 )
 @json_option
 @handled
-def stats(path: str, window: float, as_json: bool) -> None:
+def stats(path: str, window: float | None, as_json: bool) -> None:
     """Counts per state and priority, totals, rates, oldest ready age and the owner of the
     queue at PATH, read without taking it over.
 
     Example: durableq stats jobs.q --window 2s --json
     """
+    if window is None:
+        window = 1.0 if not as_json and console().is_terminal else 0.0
     with reading(path) as queue:
         data = queue.stats(window=window)
     if as_json:
