@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from ._executor import Executor
 from ._schedule import timing_of
+from ._security import make_directory
 from ._task import Options, check_options, encode_call
 from .store import DiskcacheStore
 from .store._command_wakeup import FifoWakeups, FifoWatch
@@ -45,12 +46,19 @@ class WorkerService(Executor):
     def __init__(self, path: str | os.PathLike[str], max_workers: int | None = None,
                  **options: Any) -> None:
         options.setdefault("wait_for_owner", True)
-        super().__init__(max_workers, path=path, **options)
+        # Listen before the dispatcher's first look at the store: a task submitted while
+        # this starts is either seen by that look or pokes the FIFO.
+        make_directory(os.path.abspath(os.fspath(path)), trusted=options.get("trusted", False))
+        self._watch = FifoWakeups(os.path.join(os.fspath(path), WAKE_DIR)).watch(_TARGET)
+        try:
+            super().__init__(max_workers, path=path, **options)
+        except BaseException:
+            self._watch.close()
+            raise
         # Every stored task is someone else's: its outcome has no future here, and no
         # result is kept (see the module docstring).
         self._state.earlier = sys.maxsize
         self._dispatcher.keep_results = False
-        self._watch = FifoWakeups(os.path.join(os.fspath(path), WAKE_DIR)).watch(_TARGET)
         self._waker = threading.Thread(
             target=self._wake_on_submit, name="durableq-service-wake", daemon=True
         )
