@@ -39,6 +39,11 @@ class Inspector:
     def __init__(self, path: str, store: DiskcacheStore) -> None:
         self.path = path
         self._store = store
+        #: Records found failing their HMAC while reading (they are left out of every
+        #: read): kept here, not written to the queue's fault log, since reading writes
+        #: nothing.
+        self.integrity_faults: list[Fault] = []
+        store.on_integrity_fault = self.integrity_faults.append
 
     def owner(self) -> tuple[int | None, bool]:
         """The pid of the current or last owner, and whether a live process owns it now."""

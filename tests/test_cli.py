@@ -369,6 +369,9 @@ def test_forged_records_are_left_out_and_reported(qpath: Path) -> None:
     assert [json.loads(x)["id"] for x in run("export", str(qpath)).stdout.splitlines()] == [1, 3]
     checks = {c["name"]: c for c in run_json("doctor", str(qpath), code=1)["checks"]}
     assert (checks["signatures"]["status"], checks["signatures"]["ids"]) == ("problem", [2])
+    with durableq.inspect(qpath) as view:
+        assert [m.id for m in view.messages()] == [1, 3] and view.integrity_faults
+        assert view.faults() == [], "reading wrote nothing, not even a fault"
 
 
 def test_doctor_repair_salvages_a_damaged_file(qpath: Path) -> None:
