@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
-from ._records import LeaseToken
+from ._records import Fault, LeaseToken
 from ._serializer import Serializer, get_serializer
 from .store import DiskcacheStore
 from .store._commandstore import CommandCounts, CommandRow, CommandStore
@@ -258,8 +258,17 @@ class CommandQueue:
         return self._store.command_expire(self._clock())
 
     def counts(self) -> CommandCounts:
-        """Unexpired commands per state (``ready``, ``held``, ``in_flight``) and ``expired``."""
+        """Unexpired commands per state (``ready``, ``held``, ``in_flight``), ``expired``,
+        and ``quarantined``: commands set aside for failing their HMAC check (directory
+        stores; docs/security.md)."""
         return self._store.command_counts(self._clock())
+
+    def faults(self, limit: int = 100) -> list[Fault]:
+        """The store's fault log, oldest first: a command that failed its HMAC check is
+        logged there as a ``quarantined`` fault. A directory's log is shared with a
+        ``Queue`` kept in it; a store without a fault log gives ``[]``."""
+        read = getattr(self._store, "faults", None)
+        return [] if read is None else list(read(limit))
 
     @property
     def store(self) -> CommandStore:

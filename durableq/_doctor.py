@@ -3,7 +3,8 @@
 Checks: SQLite's ``integrity_check`` on every database file, who may write the directory
 (the same rules that refuse to open an unsafe one), the owner lock, leases nobody will
 settle (no owner alive, or expired ones a live owner has not taken back), records failing
-their HMAC, and message bodies no consumer or worker could read. Repairs
+their HMAC (command-queue records too, when ``commands.db`` exists), and message bodies no
+consumer or worker could read. Repairs
 (``repair=True``): orphaned leases go back to ready, taking the owner lock so no owner
 runs meanwhile; unreadable waiting messages are quarantined as dead, with the reason in
 the failure log; damaged database files are rebuilt from their readable rows
@@ -25,6 +26,7 @@ from ._bodies import problem
 from ._errors import ConfigurationError, QueueLocked, StoreError, UnsafePath
 from ._maintain import Maintainer
 from ._records import State
+from .store import DiskcacheStore
 
 #: A live owner takes an expired lease back within seconds; one older than this is stuck.
 STUCK_AFTER: Final = 60.0
@@ -75,6 +77,9 @@ def diagnose(
     ))
     checks.append(_reading("leases", lambda: _leases(queue, alive, repair)))
     checks.append(_reading("signatures", lambda: _signatures(queue)))
+    commands = _command_signatures(queue.path)
+    if commands is not None:  # a CommandQueue has used the directory
+        checks.append(commands)
     checks.append(_reading("bodies", lambda: _bodies(queue, repair, report)))
     return Diagnosis(queue.path, checks)
 
@@ -200,6 +205,37 @@ def _signatures(queue: Maintainer) -> Check:
         f"deserialized (left out of reads; the owner quarantines them){earlier}",
         bad[:SHOWN],
     )
+
+
+def _command_signatures(path: str) -> Check | None:
+    """Every command in ``commands.db`` against its HMAC (reading only), and how many were
+    quarantined; None if no command queue was kept there. A failing command is never
+    deserialized: the next ``pending`` or ``drain`` of its target sets it aside."""
+    store = DiskcacheStore.attach(path)
+    try:
+        found = store.verify_commands()
+    except ConfigurationError as exc:
+        return Check("command signatures", "problem", str(exc))
+    except StoreError as exc:
+        return Check("command signatures", "problem", f"could not read the store: {exc}")
+    finally:
+        store.close()
+    if found is None:
+        return None
+    earlier = f"; {found['quarantined']} quarantined earlier" if found["quarantined"] else ""
+    if found["failed"]:
+        return Check(
+            "command signatures", "problem",
+            f"{len(found['failed'])} command(s) fail their HMAC: changed by someone without "
+            f"the key, never deserialized (the next pending or drain of their target "
+            f"quarantines them){earlier}",
+            found["failed"][:SHOWN],
+        )
+    if found["unsigned"]:
+        return Check("command signatures", "ok",
+                     f"{found['unsigned']} command(s) from before signing: signed when a "
+                     f"CommandQueue next opens the directory{earlier}")
+    return Check("command signatures", "ok", f"{found['checked']} command(s) authentic{earlier}")
 
 
 def _bodies(queue: Maintainer, repair: bool, report: Progress) -> Check:

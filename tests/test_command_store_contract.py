@@ -250,7 +250,7 @@ class CommandStoreContract:
         self.put(store, "a", b"2", hold=True)
         self.put(store, "b", b"3")
         self.drain(store, "b", lease=30)
-        assert tuple(store.command_counts(T0)) == (1, 1, 1, 0)
+        assert tuple(store.command_counts(T0)) == (1, 1, 1, 0, 0)
 
 
 class TestMemoryCommandStore(CommandStoreContract):
@@ -312,7 +312,7 @@ class TestDiskcacheCommandStore(CommandStoreContract):
         for i in range(2000):
             target, type_ = f"dev-{i % 10}", f"t{i // 10 % 5}"
             s.command_upsert(target, type_, b"x" * 100, expires_at=None, now=T0)
-        assert tuple(s.command_counts(T0)) == (50, 0, 0, 0)
+        assert tuple(s.command_counts(T0)) == (50, 0, 0, 0, 0)
         con = sqlite3.connect(tmp_path / "q" / "commands.db")
         (rows,) = con.execute("SELECT count(*) FROM dq_command").fetchone()
         con.close()

@@ -41,6 +41,7 @@ class CommandCounts(NamedTuple):
     held: int  #: waiting for confirmation
     in_flight: int  #: drained with a lease, not yet acked
     expired: int
+    quarantined: int = 0  #: failed their HMAC check, set aside (stores that sign records)
 
 
 class CommandWatch(Protocol):

@@ -3,10 +3,12 @@
 The key is 32 random bytes in ``key`` (0600) in the queue directory, made by the first
 process that opens the queue, or given as ``key=`` or ``DURABLEQ_KEY`` so that several hosts
 (or a directory someone else could read) share one. Each message is signed over its
-header (id, creation time) and body; each kept result over its id and body. The id binds a
-record to its place: a valid record copied into another row fails. Bookkeeping columns
-(state, priority, due time, attempts) are not signed: the owner rewrites them, and altering
-them can reorder or delay work but never makes a process run code of someone's choosing.
+header (id, creation time) and body; each kept result over its id and body; each command
+(``commands.db``, ``_command_integrity``) over its id, target, type, creation time, hold flag
+and payload. The id binds a record to its place: a valid record copied into another row
+fails. Bookkeeping columns (state, priority, due time, attempts) are not signed: the owner
+rewrites them, and altering them can reorder or delay work but never makes a process run
+code of someone's choosing.
 
 A record failing its check is never unpickled: the owner moves it to quarantine
 (``dq_quarantine`` in the owner's ledger, out of the delivery order), counts it, and logs
@@ -32,6 +34,7 @@ KEY_SIZE: Final = 32
 ENV: Final = "DURABLEQ_KEY"
 _MESSAGE: Final = struct.Struct("<4sqd")  # tag, id, created
 _RESULT: Final = struct.Struct("<4sq")  # tag, id
+_COMMAND: Final = struct.Struct("<4sqd?Ii")  # tag, id, created, hold, len(target), len(type)
 
 
 def key_from(spec: bytes | str) -> bytes:
@@ -105,6 +108,19 @@ def sign_message(key: bytes, id_: int, created: float, body: bytes) -> bytes:
 
 def sign_result(key: bytes, id_: int, body: bytes) -> bytes:
     return hmac.digest(key, _RESULT.pack(b"dqr1", id_) + body, "sha256")
+
+
+def sign_command(
+    key: bytes, id_: int, target: str, command_type: str | None, created: float, hold: bool,
+    payload: bytes,
+) -> bytes:
+    """A command's MAC over its header and payload; lengths keep target and type apart
+    (``-1``: no type)."""
+    t = target.encode()
+    c = b"" if command_type is None else command_type.encode()
+    n = -1 if command_type is None else len(c)
+    header = _COMMAND.pack(b"dqc1", id_, created, hold, len(t), n)
+    return hmac.digest(key, header + t + c + payload, "sha256")
 
 
 def message_ok(key: bytes, id_: int, created: float, body: bytes, mac: bytes | None) -> bool:

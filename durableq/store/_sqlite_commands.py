@@ -13,6 +13,9 @@ coming back (``confirm``/``cancel`` take ids from callers).
   them, or moves them in flight with the holder's pid and a lease deadline; a later drain
   retakes in-flight rows whose deadline passed or whose holder died.
 - Expiry is a column compared at read time; ``command_expire`` deletes what expired.
+- Integrity: each row carries an HMAC over its header and payload, written in the
+  transaction that stores the payload and checked before a payload leaves the store; a
+  failing row goes to ``dq_command_quarantine`` instead (``_command_integrity``).
 - Checkpoints: SQLite's automatic WAL checkpoint runs in whichever commit crosses its
   threshold (1000 pages) and fsyncs the database (~5-10 ms). A drain is what a
   reconnecting target waits for, so a drain's commit checkpoints only past
@@ -32,6 +35,7 @@ from typing import Any, Final
 from .._errors import CommandStateError
 from .._records import LeaseToken, State
 from .._security import create_private
+from ._command_integrity import QUARANTINE_SCHEMA, CommandIntegrity
 from ._command_wakeup import FifoWakeups, FifoWatch
 from ._commandstore import (
     ROW_LAYOUT,
@@ -65,12 +69,13 @@ CREATE TABLE IF NOT EXISTS dq_command (
     attempt INTEGER NOT NULL DEFAULT 0,
     holder INTEGER,
     deadline REAL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    mac BLOB
 );
 CREATE INDEX IF NOT EXISTS dq_command_target ON dq_command (target, state, id);
 CREATE UNIQUE INDEX IF NOT EXISTS dq_command_latest ON dq_command (target, type)
     WHERE keyed = 1 AND state = {_READY};
-"""
+{QUARANTINE_SCHEMA}"""
 _COLUMNS: Final = ", ".join(ROW_LAYOUT)
 _INSERT: Final = (
     "INSERT INTO dq_command (target, type, state, keyed, hold, created, expires, payload) "
@@ -81,10 +86,10 @@ INSERT INTO dq_command (target, type, state, keyed, hold, created, expires, payl
 VALUES (?, ?, {_READY}, 1, 0, ?, ?, ?)
 ON CONFLICT (target, type) WHERE keyed = 1 AND state = {_READY}
 DO UPDATE SET payload = excluded.payload, expires = excluded.expires
-RETURNING id
+RETURNING id, created
 """
 _LIVE: Final = f"""
-SELECT {_COLUMNS} FROM dq_command
+SELECT {_COLUMNS}, mac FROM dq_command
  WHERE target = ? AND state IN ({{states}}) AND (expires IS NULL OR expires > ?)
  ORDER BY id
 """
@@ -110,7 +115,7 @@ def _delete(con: sqlite3.Connection, ids: list[int]) -> None:
         con.execute(f"DELETE FROM dq_command WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
 
 
-class SQLiteCommands(SQLiteFiles):
+class SQLiteCommands(CommandIntegrity, SQLiteFiles):
     """The ``CommandStore`` verbs over ``commands.db`` in the store's directory (``path``)."""
 
     # -- connections and wakeups ------------------------------------------------------
@@ -129,6 +134,7 @@ class SQLiteCommands(SQLiteFiles):
             con.execute("PRAGMA cache_size = -16384")  # 16 MiB: the target index stays hot
             con.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             self._busy_retry("create", lambda: con.executescript(_SCHEMA))
+            self._busy_retry("create", lambda: self._command_migrate(con))
             local.con = con
         return local.con  # type: ignore[no-any-return]
 
@@ -164,9 +170,11 @@ class SQLiteCommands(SQLiteFiles):
         with self._write(con):
             cur = con.execute(_INSERT, (target, command_type, state, int(hold), now, expires_at,
                                         payload))
+            id_: int = cur.lastrowid  # type: ignore[assignment]
+            self._command_sign(con, id_, target, command_type, now, hold, payload)
         if not hold:
             self._command_wakeups().poke([target])
-        return cur.lastrowid  # type: ignore[return-value]
+        return id_
 
     @guarded
     def command_upsert(
@@ -176,7 +184,9 @@ class SQLiteCommands(SQLiteFiles):
         con = self._command_db()
         with self._write(con):
             args = (target, command_type, now, expires_at, payload)
-            (id_,) = con.execute(_UPSERT, args).fetchone()
+            id_, created = con.execute(_UPSERT, args).fetchone()
+            # Kept id and creation time, new payload: sign it again.
+            self._command_sign(con, id_, target, command_type, created, False, payload)
         self._command_wakeups().poke([target])
         return id_  # type: ignore[no-any-return]
 
@@ -190,7 +200,10 @@ class SQLiteCommands(SQLiteFiles):
         sql = _HELD_ROWS if held_only else _PENDING
         rows = self._busy_retry("read", lambda: con.execute(sql, (target, now)).fetchall())
         live, _ = select_live(rows, now)
-        return [to_row(r) for r in live]
+        good, bad = self._command_split(live)
+        if bad:  # never handed out; set aside in a write of its own
+            self._command_set_aside(con, [r[0] for r in bad], now)
+        return [to_row(r) for r in good]
 
     @guarded
     def command_drain(
@@ -212,7 +225,9 @@ class SQLiteCommands(SQLiteFiles):
     ) -> list[CommandRow]:
         with self._write(con):
             rows, superseded = select_live(con.execute(_TAKE, (target, now)).fetchall(), now)
-            rows = rows[:limit]
+            rows, bad = self._command_split(rows, limit)  # checked before they leave
+            if bad:
+                self._command_quarantine(con, bad, now)
             gone = [r[0] for r in rows] if lease is None else []
             _delete(con, gone + superseded)
             if lease is not None:
@@ -221,6 +236,8 @@ class SQLiteCommands(SQLiteFiles):
                     "holder = ?, deadline = ? WHERE id = ?",
                     [(holder, now + lease, r[0]) for r in rows],
                 )
+        if bad:
+            self._report("command", [r[0] for r in bad], now)
         return [to_row(r, r[8] + 1) for r in rows]
 
     @guarded
@@ -306,7 +323,8 @@ class SQLiteCommands(SQLiteFiles):
     def command_counts(self, now: float) -> CommandCounts:
         con = self._command_db()
         rows = self._busy_retry("read", lambda: con.execute(
-            "SELECT state, coalesce(expires <= ?, 0), count(*) FROM dq_command GROUP BY 1, 2",
+            "SELECT state, coalesce(expires <= ?, 0), count(*) FROM dq_command GROUP BY 1, 2 "
+            "UNION ALL SELECT -1, 0, count(*) FROM dq_command_quarantine",  # -1: quarantined
             (now,),
         ).fetchall())
         live = {state: n for state, expired, n in rows if not expired}
@@ -314,6 +332,7 @@ class SQLiteCommands(SQLiteFiles):
             ready=live.get(_READY, 0), held=live.get(_HELD, 0),
             in_flight=live.get(_IN_FLIGHT, 0),
             expired=sum(n for _, expired, n in rows if expired),
+            quarantined=live.get(-1, 0),
         )
 
     def command_watch(self, target: str) -> FifoWatch:
