@@ -387,3 +387,29 @@ def test_policy_state_survives_a_sigkilled_owner(qpath: Path) -> None:
     (done,) = [r for r in q.history(state="done") if r.body == "done"]
     q.replay([done.id])
     assert take(q) == "done"
+
+
+def test_a_failure_applied_while_a_producer_holds_the_message_file_waits_for_it(
+    qpath: Path, clock: ManualClock
+) -> None:
+    # The verdict moves the message (band, due time) in the producers' file: it must wait
+    # for a producer's transaction, not fail and raise a store fault.
+    import sqlite3
+    import threading
+
+    q = manual(qpath, clock, retry=RetryPolicy(backoff=10, jitter=False))
+    q.put("x")
+    msg = q.get_message(timeout=WAIT)
+    con = sqlite3.connect(qpath / "cache.db", isolation_level=None, check_same_thread=False)
+    con.execute("BEGIN IMMEDIATE")  # a producer mid-commit
+    release = threading.Timer(0.3, lambda: con.execute("COMMIT"))
+    release.start()
+    msg.nack(error=RuntimeError("later"))
+    release.join()
+    q.stats()  # the owner applied the nack
+    assert [f.kind for f in q.faults()] == []
+    assert not q.fault.is_set()
+    assert nothing_ready(q)
+    clock.advance(10)
+    assert take(q) == "x"
+    con.close()

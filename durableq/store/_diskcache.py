@@ -254,6 +254,12 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         local = self._connections()
         if local.ledger is None:
             con = self._connect(_LEDGER)
+            # Ledger transactions begin deferred (BEGIN IMMEDIATE would lock the attached
+            # message file against producers), so a write takes its lock mid-transaction;
+            # when it opens the transaction, this waits for a repair by another process.
+            # (A write after a read cannot wait: SQLite answers busy at once. Verbs that also
+            # write the message file begin IMMEDIATE for that reason: _sqlite_policy._BOTH.)
+            con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             messages = os.path.join(self.path, _DB)
             self._busy_retry("open", lambda: con.execute("ATTACH DATABASE ? AS q", (messages,)))
             local.ledger = con

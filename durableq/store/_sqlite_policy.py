@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from .._policy import Retention
 
 _T = TypeVar("_T")
+#: For ledger transactions that also write the message file: take both write locks at
+#: the start (waiting for a producer's commit there), never halfway, where SQLite can only
+#: answer "busy" at once.
+_BOTH: Final = "BEGIN IMMEDIATE"
 _READY, _IN_FLIGHT, _DONE, _DEAD, _EXPIRED = (
     int(s) for s in (State.READY, State.IN_FLIGHT, State.DONE, State.DEAD, State.EXPIRED)
 )
@@ -89,7 +93,7 @@ class PolicyVerbs:
             return []
         con = self._ledger()
         out: list[Verdict | None] = []
-        with self._write(con, "BEGIN"):
+        with self._write(con, _BOTH):
             for a in attempts:
                 row = con.execute(
                     "SELECT d.attempts, d.state, d.errors, d.crashes, d.timeouts, m.priority, "
@@ -167,7 +171,7 @@ class PolicyVerbs:
         if not (bump or expired):
             return []
         con = self._ledger()
-        with self._write(con, "BEGIN"):
+        with self._write(con, _BOTH):
             con.execute(
                 f"UPDATE q.dq_message SET priority = {int(Priority.HIGH)}, bump = NULL "
                 "WHERE bump <= ?",
@@ -308,7 +312,7 @@ class PolicyVerbs:
         budgets; returns the ids revived."""
         self.collect()
         con = self._ledger()
-        with self._write(con, "BEGIN"):
+        with self._write(con, _BOTH):
             if ids is None:
                 found = [i for (i,) in con.execute(
                     f"SELECT id FROM q.dq_message WHERE state = {_DEAD} ORDER BY id"
@@ -333,7 +337,7 @@ class PolicyVerbs:
         self.collect()
         con = self._ledger()
         marks = ",".join("?" * len(states))
-        with self._write(con, "BEGIN"):
+        with self._write(con, _BOTH):
             (top,) = con.execute("SELECT max(id) FROM q.dq_message").fetchone()
             ids = [i for (i,) in con.execute(
                 f"SELECT id FROM q.dq_message WHERE finished < ? AND state IN ({marks})",
@@ -450,7 +454,7 @@ class PolicyVerbs:
         ids buried. ``revive`` brings them back."""
         con = self._ledger()
         done: list[int] = []
-        with self._write(con, "BEGIN"):
+        with self._write(con, _BOTH):
             for i in ids:
                 row = con.execute(
                     "SELECT coalesce(d.attempts, m.attempts) FROM q.dq_message AS m "
