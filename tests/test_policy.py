@@ -413,3 +413,22 @@ def test_a_failure_applied_while_a_producer_holds_the_message_file_waits_for_it(
     clock.advance(10)
     assert take(q) == "x"
     con.close()
+
+
+def test_the_owner_waits_for_a_repair_holding_the_ledger(qpath: Path) -> None:
+    # Another process (durableq retry/purge) writing the ledger: the owner's next lease and
+    # acks wait for it rather than report a failed store.
+    import sqlite3
+    import threading
+
+    q = manual(qpath, ManualClock(T0))
+    q.put_many(["a", "b"])
+    con = sqlite3.connect(qpath / "owner.db", isolation_level=None, check_same_thread=False)
+    con.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: con.execute("COMMIT"))
+    release.start()
+    assert sorted([take(q), take(q)]) == ["a", "b"]
+    release.join()
+    assert q.stats()["acked_total"] == 2
+    assert [f.kind for f in q.faults()] == [] and not q.fault.is_set()
+    con.close()

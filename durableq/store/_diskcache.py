@@ -348,6 +348,9 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         con = self._ledger()
         quarantined: list[int] = []
         with self._write(con, "BEGIN"):
+            # Take the ledger's write lock before reading (a write after a read cannot wait
+            # for another process's repair); matching no row, it writes nothing.
+            con.execute("DELETE FROM dq_delivery WHERE 0")
             while True:  # checked before any body leaves the store
                 rows = self._candidates(con, now, n, max_priority)
                 bad = self._untrusted(rows)
