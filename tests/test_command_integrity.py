@@ -17,6 +17,8 @@ import pytest
 from durableq import CommandQueue, DiskcacheStore, MemoryStore
 from durableq._doctor import diagnose
 from durableq._maintain import maintain
+from durableq.store._command_integrity import command_ok
+from durableq.store._integrity import sign_command
 
 from .conftest import TIMEOUT
 
@@ -80,6 +82,9 @@ def plant(path: Path, how: str, marker: Path) -> int:
             original = put(store, "dev", evil(marker))
             victim = original + 100
             con.execute("UPDATE dq_command SET id = ? WHERE id = ?", (victim, original))
+        elif how == "retyped":  # text where bytes were signed (SQLite keeps any type)
+            victim = put(store, "dev", b"\x01\xa6victim")
+            con.execute("UPDATE dq_command SET payload = 'x' WHERE id = ?", (victim,))
         else:  # "retargeted": a valid row, held for another target, handed to "dev"
             victim = put(store, "elsewhere", evil(marker), hold=True)
             con.execute("UPDATE dq_command SET target = 'dev', hold = 0, state = 0 "
@@ -91,7 +96,7 @@ def plant(path: Path, how: str, marker: Path) -> int:
     return victim  # type: ignore[no-any-return]
 
 
-HOW = ["tampered", "truncated", "foreign key", "copied", "retargeted", "unsigned"]
+HOW = ["tampered", "truncated", "foreign key", "copied", "retargeted", "unsigned", "retyped"]
 
 
 @pytest.mark.parametrize("how", HOW)
@@ -153,6 +158,19 @@ def test_every_way_out_of_the_store_checks_first(
     assert cq.counts().quarantined == 1
     assert [f.kind for f in cq.faults()] == ["quarantined"]
     cq.close()
+
+
+def test_a_column_of_the_wrong_type_fails_the_check() -> None:
+    key, payload = os.urandom(32), b"\x01\xa1x"
+    good = (7, "dev", "t", payload, 1.5, None, 0, 0, 0, 0, None, None,
+            sign_command(key, 7, "dev", "t", 1.5, False, payload))
+    assert command_ok(key, good)
+    for column, value in [(0, 8), (1, b"dev"), (1, "dev\udc80"), (2, b"t"), (2, None),
+                          (3, "x"), (4, "1.5"), (4, None), (6, 1), (12, None), (12, "m"),
+                          (12, b"m" * 32)]:
+        bad = list(good)
+        bad[column] = value
+        assert not command_ok(key, bad), (column, value)
 
 
 def test_rows_are_signed_and_an_upsert_signs_its_new_payload(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import os
 import sqlite3
+import struct
 import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -41,18 +42,14 @@ SIGNED_ROWS: Final = f"SELECT {', '.join(ROW_LAYOUT)}, mac FROM dq_command"
 def command_ok(key: bytes, r: Sequence[Any]) -> bool:
     """Whether a row laid out as ``ROW_LAYOUT`` plus its MAC (at 12) holds that MAC.
 
-    Columns of the wrong type (SQLite keeps what it is given) fail, as a bad MAC does.
+    A column of the wrong type (SQLite keeps what it is given) fails, as a bad MAC does.
     """
-    id_, target, type_, payload, created, mac = r[0], r[1], r[2], r[3], r[4], r[12]
-    if not (isinstance(mac, bytes) and isinstance(target, str) and isinstance(payload, bytes)
-            and (type_ is None or isinstance(type_, str))
-            and isinstance(created, float | int) and isinstance(id_, int)):
-        return False
     try:
-        expected = sign_command(key, id_, target, type_, created, bool(r[6]), payload)
-    except UnicodeEncodeError:  # a lone surrogate: no producer could have stored it
+        return hmac.compare_digest(sign_command(key, r[0], r[1], r[2], r[4], r[6], r[3]), r[12])
+    except (TypeError, AttributeError, struct.error, UnicodeEncodeError):
+        # not bytes or None for a MAC or payload, not str for target or type (no
+        # .encode), not a number for the id or time, a lone surrogate: no producer wrote it
         return False
-    return hmac.compare_digest(expected, mac)
 
 
 class CommandIntegrity:
