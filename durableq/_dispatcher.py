@@ -96,6 +96,9 @@ class Dispatcher(threading.Thread):
         self.stopping = False
         self._listener = w.listen(address)
         self._wakeup = Wakeup()
+        #: A server store's peers commit without telling us: its subscription wakes us.
+        watch_puts = getattr(store, "watch_puts", None)
+        self._put_watch: Any = watch_puts() if watch_puts is not None else None
         self._consumers: dict[Connection | None, Consumer] = {}
         self._waiters: collections.deque[Consumer] = collections.deque()
         self._joiners: list[Consumer] = []
@@ -179,8 +182,14 @@ class Dispatcher(threading.Thread):
         self._consumers.clear()
         self._listener.close()
         self._wakeup.close()
+        if self._put_watch is not None:
+            self._put_watch.close()
 
     def _waitables(self) -> list[Any]:
+        # Drained even with nobody waiting: an unread subscription backs up in the server.
+        watch = self._put_watch
+        if watch is not None and watch.fileno() >= 0:
+            return [self._listener, self._wakeup, watch, *self._consumers]
         return [self._listener, self._wakeup, *self._consumers]
 
     def _timeout(self) -> float | None:
@@ -209,6 +218,9 @@ class Dispatcher(threading.Thread):
             self._consumers[conn] = Consumer(conn)
         elif obj is self._wakeup:
             self._wakeup.clear()
+        elif obj is self._put_watch:
+            self._put_watch.drain()
+            self._maybe_ready = True
         else:
             consumer = self._consumers[obj]
             try:

@@ -219,3 +219,23 @@ def test_command_queue_consumers_are_woken_from_other_processes(postgres_url: st
     assert child.exitcode == 0
     assert cq.pending("dev") == []
     cq.close()
+
+
+def _put_from_a_peer(url: str, name: str) -> None:
+    q = durableq.Queue(store=PostgresStore(url, name=name), ctx=FORK)
+    q.put("from a peer")
+    q.close()
+
+
+def test_a_peers_put_wakes_this_queues_waiting_consumer(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the store's LISTEN, only the safety re-check would find the message.
+    monkeypatch.setattr(_dispatcher, "SAFETY_CHECK", 3600.0)
+    store = fresh(postgres_url)
+    q = durableq.Queue(store=store, ctx=FORK)
+    peer = FORK.Process(target=_put_from_a_peer, args=(postgres_url, store.name))
+    peer.start()
+    assert q.get(timeout=TIMEOUT) == "from a peer"
+    peer.join(TIMEOUT)
+    q.close()

@@ -201,3 +201,23 @@ def test_command_queue_consumers_are_woken_from_other_processes(redis_url: str) 
     assert child.exitcode == 0
     assert cq.pending("dev") == []
     cq.close()
+
+
+def _put_from_a_peer(url: str, name: str) -> None:
+    q = durableq.Queue(store=RedisStore(url, name=name), ctx=FORK)
+    q.put("from a peer")
+    q.close()
+
+
+def test_a_peers_put_wakes_this_queues_waiting_consumer(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the store's wakeup, only the safety re-check would find the message.
+    monkeypatch.setattr(_dispatcher, "SAFETY_CHECK", 3600.0)
+    store = fresh(redis_url)
+    q = durableq.Queue(store=store, ctx=FORK)
+    peer = FORK.Process(target=_put_from_a_peer, args=(redis_url, store.name))
+    peer.start()
+    assert q.get(timeout=TIMEOUT) == "from a peer"
+    peer.join(TIMEOUT)
+    q.close()

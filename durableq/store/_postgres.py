@@ -8,9 +8,10 @@ other nor share a message; ``fail`` locks the rows it judges and calls the pure 
 (``LISTEN``/``NOTIFY``) for whoever waits on it.
 
 Every process that opens the store is a peer: leases live in the table with their
-deadlines, and a peer's ``tick`` returns to ready those whose deadline passed. Lost
-connections are retried with backoff for up to ``timeout`` seconds, then raise
-``StoreError``; a put or lease whose commit reply was lost is replayed by its request id.
+deadlines, and a peer's ``lease`` or ``tick`` returns to ready those whose deadline
+passed. Lost connections are retried with backoff for up to ``timeout`` seconds, then
+raise ``StoreError``; a put or lease whose commit reply was lost is replayed by its
+request id.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .._policy import FailedAttempt, Retention, Verdict, decide
 from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Record, State
 from . import _postgres_sql as sql
 from ._postgres_commands import PostgresCommands
+from ._put_watch import PostgresPutWatch
 from ._sqlite_policy import FAILURE_LOG_MAX
 
 if TYPE_CHECKING:
@@ -258,6 +260,10 @@ class PostgresStore(PostgresCommands):
                 ).fetchall()
                 held = set(zip(prev[0], prev[1], strict=True))
                 return [Leased(LeaseToken(i, a), bytes(p)) for i, a, p in rows if (i, a) in held]
+            # Leases whose deadline passed (their peer died) go back first.
+            con.execute("UPDATE durableq_message SET state = 0, lease_deadline = NULL "
+                        "WHERE queue = %s AND state = 3 AND lease_deadline < %s",
+                        (self.name, now))
             rows = con.execute(sql.LEASE, {
                 "q": self.name, "maxp": int(max_priority), "now": now, "until": now + ttl,
                 "n": n,
@@ -609,6 +615,10 @@ class PostgresStore(PostgresCommands):
         for pid, con in cons:
             if pid == os.getpid():
                 con.close()
+
+    def watch_puts(self) -> PostgresPutWatch:
+        """A ``LISTEN`` that wakes whoever waits on it when messages become ready."""
+        return PostgresPutWatch(self)
 
     def drop(self) -> None:
         """Delete every row of this queue (messages, commands, logs). Irreversible."""

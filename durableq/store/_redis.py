@@ -3,8 +3,8 @@
 Every state change is one Lua script (``_redis_lua``), run with EVALSHA (loaded again
 after a server restart empties the script cache), so it applies whole or not at all and no
 other client sees it half done. Every process that opens the store is a peer: leases live
-in Redis with their deadlines, and a peer's ``tick`` returns to ready the leases whose
-deadline passed (their holder died). The store pickles by URL; each process connects on
+in Redis with their deadlines, and a peer's ``lease`` or ``tick`` returns to ready the
+leases whose deadline passed (their holder died). The store pickles by URL; each process connects on
 first use.
 
 Lost connections are retried with backoff for up to ``timeout`` seconds, then raise
@@ -30,6 +30,7 @@ from .._errors import ConfigurationError, StoreError
 from .._policy import FailedAttempt, Retention, Verdict, decide
 from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Record, State
 from . import _redis_lua as lua
+from ._put_watch import RedisPutWatch
 from ._redis_commands import _COMMAND_SCRIPTS, RedisCommands
 from ._sqlite_policy import FAILURE_LOG_MAX
 
@@ -397,6 +398,10 @@ class RedisStore(RedisCommands):
         if client is not None and self._pid == os.getpid():
             client.close()
         self.command_close()
+
+    def watch_puts(self) -> RedisPutWatch:
+        """A subscription that wakes whoever waits on it when messages become ready."""
+        return RedisPutWatch(self)
 
     def drop(self) -> None:
         """Delete every key of this queue (messages, commands, counters). For tests and

@@ -22,7 +22,12 @@ _COMMON: Final = r"""
 local P = ARGV[1]
 local function mkey(m) return P .. 'm:' .. m end
 local function pad(id) return string.format('%020d', id) end
+local released = 0
+local function wake_peers()
+  if released > 0 then redis.call('PUBLISH', P .. 'put', released) end
+end
 local function release(m)
+  released = released + 1
   local k = mkey(m)
   local f = redis.call('HMGET', k, 'pr', 'due')
   redis.call('HSET', k, 'st', 0)
@@ -118,6 +123,7 @@ return ids
 """
 
 #: ARGV: P, request id, now, lease deadline, n, max band. Returns {id, attempt, payload}...
+#: Expired leases (of peers that died) are returned to ready first.
 LEASE: Final = _COMMON + r"""
 local req, now, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[5])
 local out = {}
@@ -132,6 +138,10 @@ if req ~= '' then
     end
     return out
   end
+end
+-- Leases whose deadline passed (their peer died) go back first, at their old place.
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', '(' .. ARGV[3])) do
+  release(m)
 end
 local memo = {}
 for band = 0, tonumber(ARGV[6]) do
@@ -185,6 +195,7 @@ if mode == 4 then
   redis.call('INCRBY', P .. 'acked', applied)
   trim(ARGV[4], ARGV[5], ARGV[6])
 end
+wake_peers()
 return applied
 """
 
@@ -214,6 +225,7 @@ for i = 7, #ARGV, 9 do
   end
 end
 trim(ARGV[4], ARGV[5], ARGV[6])
+wake_peers()
 return out
 """
 
@@ -248,6 +260,7 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', '(' .. now
   release(m)
 end
 trim(ARGV[4], ARGV[5], ARGV[6])
+wake_peers()
 return expired
 """
 
@@ -344,6 +357,7 @@ for _, m in ipairs(members) do
     out[#out + 1] = tonumber(m)
   end
 end
+wake_peers()
 return out
 """
 
@@ -394,6 +408,7 @@ return out
 REQUEUE: Final = _COMMON + r"""
 local r = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', '(' .. ARGV[2])
 for _, m in ipairs(r) do release(m) end
+wake_peers()
 return #r
 """
 
