@@ -29,11 +29,13 @@ def claim(
     wait: bool,
     trusted: bool = False,
     key: bytes | str | None = None,
-) -> tuple[Store, OwnerLock | None, str, str | None]:
+    exclusive: bool = False,
+) -> tuple[Store, Any, str, str | None]:
     """Lock the queue directory, open its store and requeue every lease of a dead owner.
 
-    Returns the store, the lock (None for a store with no directory), the directory and
-    the temporary directory to remove at shutdown (when ``path`` was None).
+    Returns the store, the lock (None for a store with no directory, unless ``exclusive``
+    asks a server store for its owner lock), the directory and the temporary directory to
+    remove at shutdown (when ``path`` was None).
 
     Raises:
         UnsafePath: another user could write to the directory (unless ``trusted``).
@@ -46,7 +48,10 @@ def claim(
         make_directory(lock_dir, trusted=trusted)  # checked before anything is read
     else:
         lock_dir = getattr(store, "path", "")
-    lock = OwnerLock(lock_dir, wait=wait) if lock_dir else None
+    lock: Any = OwnerLock(lock_dir, wait=wait) if lock_dir else None
+    owner_lock = getattr(store, "owner_lock", None)
+    if lock is None and exclusive and owner_lock is not None:
+        lock = owner_lock(wait=wait)  # a server store: one exclusive owner at a time
     try:
         if store is None:
             store = DiskcacheStore(lock_dir, sync=sync, trusted=trusted, key=key)
@@ -78,9 +83,7 @@ def fault_recorder(faults: list[Fault], event: Any, store: Store) -> Callable[[F
     return record
 
 
-def shutdown_owner(
-    dispatcher: Dispatcher, store: Store, lock: OwnerLock | None, tmpdir: str | None
-) -> None:
+def shutdown_owner(dispatcher: Dispatcher, store: Store, lock: Any, tmpdir: str | None) -> None:
     dispatcher.stop(timeout=10.0)
     store.close()
     if lock is not None:

@@ -82,6 +82,10 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         visibility_timeout: seconds a consumer may hold a message before it is redelivered.
         wait_for_owner: wait for the current owner of ``path`` to exit instead of raising
             ``QueueLocked``.
+        exclusive: with a server store (``RedisStore``, ``PostgresStore``), also take the
+            queue's owner lock in the server: one exclusive owner at a time, others get
+            ``QueueLocked`` (or wait, with ``wait_for_owner``). Without it every process
+            that opens the queue is a peer. A directory store always has one owner.
         store: a ``Store`` to use instead of ``DiskcacheStore(path)``.
         retry: the ``RetryPolicy`` for nacked messages and those whose consumer died or
             overran ``visibility_timeout`` (default: back at once, no limit, one band lower
@@ -129,6 +133,7 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         clock: Clock = SYSTEM,
         lazy: Lazy | bool | None = None,
         key: bytes | str | None = None,
+        exclusive: bool = False,
     ) -> None:
         if ack not in _ACK_MODES:
             raise ConfigurationError(f"ack must be one of {_ACK_MODES}, not {ack!r}")
@@ -156,7 +161,8 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         super().__init__(maxsize, ctx=ctx)
 
         store, lock, lock_dir, tmpdir = claim(
-            path, store, sync=sync, wait=wait_for_owner, trusted=trusted, key=key
+            path, store, sync=sync, wait=wait_for_owner, trusted=trusted, key=key,
+            exclusive=exclusive,
         )
 
         self._shared = _Shared(

@@ -221,3 +221,23 @@ def test_a_peers_put_wakes_this_queues_waiting_consumer(
     assert q.get(timeout=TIMEOUT) == "from a peer"
     peer.join(TIMEOUT)
     q.close()
+
+
+def test_exclusive_owners_exclude_each_other_but_not_peers(redis_url: str) -> None:
+    import gc
+
+    made = fresh(redis_url)
+    made.close()
+    name = made.name
+    first = durableq.Queue(store=RedisStore(redis_url, name=name), exclusive=True, ctx=FORK)
+    with pytest.raises(durableq.QueueLocked):
+        durableq.Queue(store=RedisStore(redis_url, name=name), exclusive=True, ctx=FORK)
+    peer = durableq.Queue(store=RedisStore(redis_url, name=name), ctx=FORK)  # not asking: a peer
+    peer.put("shared")
+    assert first.get(timeout=TIMEOUT) == "shared"
+    first.close()
+    del first
+    gc.collect()  # the owner shuts down: its lock is released
+    second = durableq.Queue(store=RedisStore(redis_url, name=name), exclusive=True, ctx=FORK)
+    second.close()
+    peer.close()

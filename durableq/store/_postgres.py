@@ -32,6 +32,7 @@ from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Rec
 from . import _postgres_sql as sql
 from ._postgres_commands import PostgresCommands
 from ._put_watch import PostgresPutWatch
+from ._server_lock import PostgresOwnerLock
 from ._sqlite_policy import FAILURE_LOG_MAX
 
 if TYPE_CHECKING:
@@ -615,6 +616,10 @@ class PostgresStore(PostgresCommands):
         for pid, con in cons:
             if pid == os.getpid():
                 con.close()
+
+    def owner_lock(self, *, wait: bool) -> PostgresOwnerLock:
+        """The queue's exclusive-owner lock (``Queue(exclusive=True)``)."""
+        return PostgresOwnerLock(self, wait=wait)
 
     def watch_puts(self) -> PostgresPutWatch:
         """A ``LISTEN`` that wakes whoever waits on it when messages become ready."""

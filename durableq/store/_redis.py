@@ -32,6 +32,7 @@ from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Rec
 from . import _redis_lua as lua
 from ._put_watch import RedisPutWatch
 from ._redis_commands import _COMMAND_SCRIPTS, RedisCommands
+from ._server_lock import RedisOwnerLock
 from ._sqlite_policy import FAILURE_LOG_MAX
 
 if TYPE_CHECKING:
@@ -398,6 +399,10 @@ class RedisStore(RedisCommands):
         if client is not None and self._pid == os.getpid():
             client.close()
         self.command_close()
+
+    def owner_lock(self, *, wait: bool) -> RedisOwnerLock:
+        """The queue's exclusive-owner lock (``Queue(exclusive=True)``)."""
+        return RedisOwnerLock(self, wait=wait)
 
     def watch_puts(self) -> RedisPutWatch:
         """A subscription that wakes whoever waits on it when messages become ready."""
