@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test servers lint bench crash-bench clean
+.PHONY: demo test servers lint bench crash-bench server-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench: $(VENV)/.installed-test
 
 crash-bench: $(VENV)/.installed-test
 	$(BIN)/python bench/crash_recovery.py
+
+server-bench: $(VENV)/.installed-test servers
+	$(BIN)/python bench/server_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
