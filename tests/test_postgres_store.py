@@ -260,3 +260,23 @@ def test_exclusive_owners_exclude_each_other_but_not_peers(postgres_url: str) ->
     second = durableq.Queue(store=PostgresStore(postgres_url, name=name), exclusive=True, ctx=FORK)
     second.close()
     peer.close()
+
+
+def test_replay_records_of_puts_and_leases_are_swept(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    from durableq.store import _postgres
+
+    monkeypatch.setattr(_postgres, "_SWEEP_EVERY", 3)
+    monkeypatch.setattr(_postgres, "_REQUEST_KEEP", -60.0)  # every record is old enough
+    s = fresh(postgres_url)
+    for _ in range(5):
+        s.put_many([b"x"])
+    s.lease("me", 5, now=1e12, ttl=30)
+    with psycopg.connect(postgres_url) as con:
+        (left,) = con.execute("SELECT count(*) FROM durableq_request WHERE queue = %s",
+                              (s.name,)).fetchone() or (0,)
+    assert left == 0, "the sixth record swept all six"
+    s.close()

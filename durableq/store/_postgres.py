@@ -44,6 +44,8 @@ _FAULTS_MAX = 1000
 _REQUEST_KEEP = 600.0
 #: Acks between two trims of the history to its count (the age is trimmed by ``tick``).
 _TRIM_EVERY = 100
+#: Puts and leases (in one process) between two sweeps of requests too old to replay.
+_SWEEP_EVERY = 1000
 _CAUSE_COLUMN = {"error": "failed_error", "crash": "failed_crash", "timeout": "failed_timeout"}
 _FIELDS = "id, state, priority, due, attempts, created, finished, deadline, expires, late, payload"
 
@@ -106,6 +108,7 @@ class PostgresStore(PostgresCommands):
         self._ready = False  # schema checked by this process
         self._rng = random.Random()
         self._acks_since_trim = 0
+        self._requests = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "name": self.name, "timeout": self.timeout}
@@ -200,8 +203,14 @@ class PostgresStore(PostgresCommands):
 
     def _remember(self, con: psycopg.Connection[Any], request: str, ids: list[int],
                   attempts: list[int]) -> None:
+        """Keep what a put or lease did, so a retry after a lost reply returns the same."""
+        now = time.time()
         con.execute("INSERT INTO durableq_request VALUES (%s, %s, %s, %s, %s)",
-                    (self.name, request, ids, attempts, time.time()))
+                    (self.name, request, ids, attempts, now))
+        self._requests += 1
+        if self._requests % _SWEEP_EVERY == 0:
+            con.execute("DELETE FROM durableq_request WHERE queue = %s AND made < %s",
+                        (self.name, now - _REQUEST_KEEP))
 
     # -- the Store verbs -----------------------------------------------------------------
 

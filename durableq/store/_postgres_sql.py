@@ -91,6 +91,7 @@ MIGRATIONS: Final = (
         made double precision NOT NULL,
         PRIMARY KEY (queue, request)
     );
+    CREATE INDEX durableq_request_made ON durableq_request (queue, made);
     CREATE TABLE durableq_command (
         queue text NOT NULL,
         id bigint NOT NULL,
