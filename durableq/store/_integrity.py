@@ -104,12 +104,18 @@ def _create_key(path: str) -> bytes:
 
 
 def sign_message(key: bytes, id_: int, created: float, body: bytes) -> bytes:
-    # hmac.digest is OpenSSL's one-shot: ~4x cheaper than hmac.new() for small bodies.
-    return hmac.digest(key, _MESSAGE.pack(b"dqm1", id_, created) + body, "sha256")
+    # A copy of a keyed HMAC: cheaper than hmac.digest's one-shot (see _keyed).
+    h = _keyed(key).copy()
+    h.update(_MESSAGE.pack(b"dqm1", id_, created))
+    h.update(body)
+    return h.digest()
 
 
 def sign_result(key: bytes, id_: int, body: bytes) -> bytes:
-    return hmac.digest(key, _RESULT.pack(b"dqr1", id_) + body, "sha256")
+    h = _keyed(key).copy()
+    h.update(_RESULT.pack(b"dqr1", id_))
+    h.update(body)
+    return h.digest()
 
 
 def sign_command(
