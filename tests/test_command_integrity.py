@@ -82,6 +82,10 @@ def plant(path: Path, how: str, marker: Path) -> int:
             original = put(store, "dev", evil(marker))
             victim = original + 100
             con.execute("UPDATE dq_command SET id = ? WHERE id = ?", (victim, original))
+        elif how == "not utf-8":  # text that is not UTF-8: reading it must not raise
+            victim = put(store, "dev", b"\x01\xa6victim")
+            con.execute("UPDATE dq_command SET payload = CAST(x'fffe41' AS TEXT), "
+                        "type = CAST(x'ff' AS TEXT) WHERE id = ?", (victim,))
         elif how == "retyped":  # text where bytes were signed (SQLite keeps any type)
             victim = put(store, "dev", b"\x01\xa6victim")
             con.execute("UPDATE dq_command SET payload = 'x' WHERE id = ?", (victim,))
@@ -96,7 +100,10 @@ def plant(path: Path, how: str, marker: Path) -> int:
     return victim  # type: ignore[no-any-return]
 
 
-HOW = ["tampered", "truncated", "foreign key", "copied", "retargeted", "unsigned", "retyped"]
+HOW = [
+    "tampered", "truncated", "foreign key", "copied", "retargeted", "unsigned", "retyped",
+    "not utf-8",
+]
 
 
 @pytest.mark.parametrize("how", HOW)

@@ -53,7 +53,9 @@ def test_the_key_file_is_made_0600_and_every_record_is_signed(qpath: Path) -> No
     s.close()
 
 
-@pytest.mark.parametrize("how", ["tampered", "truncated", "foreign key", "copied", "unsigned"])
+@pytest.mark.parametrize(
+    "how", ["tampered", "truncated", "foreign key", "copied", "unsigned", "not utf-8"]
+)
 def test_a_bad_record_is_quarantined_never_unpickled_and_the_queue_goes_on(
     tmp_path: Path, how: str
 ) -> None:
@@ -74,6 +76,10 @@ def test_a_bad_record_is_quarantined_never_unpickled_and_the_queue_goes_on(
             con.execute("UPDATE dq_message SET body = substr(body, 1, 3) WHERE id = ?", (victim,))
         elif how == "unsigned":
             con.execute("UPDATE dq_message SET mac = NULL WHERE id = ?", (victim,))
+        elif how == "not utf-8":  # text that is not UTF-8: reading its row must not raise
+            con.execute(
+                "UPDATE dq_message SET body = CAST(x'fffe41' AS TEXT) WHERE id = ?", (victim,)
+            )
         else:  # a valid signed row copied to a new id: a replay
             con.execute(
                 "INSERT INTO dq_message (id, state, priority, due, created, body, mac) "

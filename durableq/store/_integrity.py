@@ -140,12 +140,22 @@ def _keyed(key: bytes) -> hmac.HMAC:
     return hmac.new(key, digestmod=hashlib.sha256)
 
 
-def message_ok(key: bytes, id_: int, created: float, body: bytes, mac: bytes | None) -> bool:
-    return mac is not None and hmac.compare_digest(sign_message(key, id_, created, body), mac)
+def message_ok(key: bytes, id_: int, created: Any, body: Any, mac: Any) -> bool:
+    """Whether a stored message is as signed; a column of the wrong type (text planted
+    where bytes belong, a non-number time) fails the check, it never raises."""
+    if not (_is_bytes(body) and _is_bytes(mac) and isinstance(created, float | int)):
+        return False
+    return hmac.compare_digest(sign_message(key, id_, created, body), mac)
 
 
-def result_ok(key: bytes, id_: int, body: bytes, mac: bytes | None) -> bool:
-    return mac is not None and hmac.compare_digest(sign_result(key, id_, body), mac)
+def result_ok(key: bytes, id_: int, body: Any, mac: Any) -> bool:
+    if not (_is_bytes(body) and _is_bytes(mac)):
+        return False
+    return hmac.compare_digest(sign_result(key, id_, body), mac)
+
+
+def _is_bytes(value: Any) -> bool:
+    return isinstance(value, bytes | bytearray | memoryview)
 
 
 WHY: Final = (

@@ -109,6 +109,10 @@ def is_busy(exc: sqlite3.Error) -> bool:
 
 
 
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
 class Busy(Exception):
     """A non-waiting write found the lock taken."""
 
@@ -133,6 +137,10 @@ class SQLiteFiles:
         # Even a no-op journal_mode pragma may find a writer's lock: retry like any write.
         self._busy_retry("open", lambda: con.execute("PRAGMA journal_mode = WAL"))
         con.execute(f"PRAGMA synchronous = {SYNC[self.sync]}")
+        # A text value that is not UTF-8 (written into the file by someone else) must not
+        # make every read of its row raise: it is read with replacement characters, and a
+        # record holding one fails its signature check like any other forged record.
+        con.text_factory = _text
         return con
 
 
