@@ -62,6 +62,15 @@ class TestRedisCommandStore(CommandStoreContract):
         return fresh(self.url)
 
 
+def test_the_password_stays_out_of_repr_and_errors() -> None:
+    store = RedisStore("redis://user:s3cret@127.0.0.1:1/0", timeout=0.1)
+    assert "s3cret" not in repr(store) and "***" in repr(store)
+    with pytest.raises(durableq.StoreError) as err:
+        store.counts()
+    assert "s3cret" not in str(err.value)
+    store.close()
+
+
 def test_missing_redis_py_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 

@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -118,7 +119,16 @@ class RedisStore(RedisCommands):
         self._init_process_state()
 
     def __repr__(self) -> str:
-        return f"RedisStore({self.url!r}, name={self.name!r})"
+        return f"RedisStore({self.where!r}, name={self.name!r})"
+
+    @property
+    def where(self) -> str:
+        """The URL without its password, for messages and ``repr``."""
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
     # -- connection and retries ----------------------------------------------------------
 
@@ -156,13 +166,13 @@ class RedisStore(RedisCommands):
                 # BusyLoadingError (the server replays its AOF) is a ConnectionError too.
                 if time.monotonic() + pause > deadline:
                     raise StoreError(
-                        f"redis at {self.url} unreachable for {self.timeout:g} s during "
+                        f"redis at {self.where} unreachable for {self.timeout:g} s during "
                         f"{what}: {exc}"
                     ) from exc
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
             except r.RedisError as exc:
-                raise StoreError(f"redis at {self.url} failed {what}: {exc}") from exc
+                raise StoreError(f"redis at {self.where} failed {what}: {exc}") from exc
 
     def _run(self, script: str, *args: Any) -> Any:
         self.redis()

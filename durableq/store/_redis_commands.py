@@ -224,6 +224,8 @@ class RedisCommands:
         timeout: float
         _scripts: dict[str, Any]
 
+        @property
+        def where(self) -> str: ...
         def redis(self) -> redis.Redis: ...
         def _retry(self, what: str, fn: Callable[[], T]) -> T: ...
 
@@ -357,7 +359,7 @@ class RedisWatch:
             msg = self._pubsub.get_message(timeout=1.0)
             if msg is not None and msg["type"] == "subscribe":
                 return
-        raise StoreError(f"redis at {self._store.url}: no confirmation of the subscription")
+        raise StoreError(f"redis at {self._store.where}: no confirmation of the subscription")
 
     def wait(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
