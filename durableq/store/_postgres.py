@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _FAULTS_MAX = 1000
+#: Seconds a fault waits for an unreachable server: the fault Event already says it, and
+#: the dispatcher that records it must not stall.
+FAULT_PATIENCE = 0.5
 #: Requests older than this are not replayed (a retry comes within ``timeout``).
 _REQUEST_KEEP = 600.0
 #: Acks between two trims of the history to its count (the age is trimmed by ``tick``).
@@ -155,10 +158,12 @@ class PostgresStore(PostgresCommands):
             con.execute("INSERT INTO durableq_queue (queue) VALUES (%s) ON CONFLICT DO NOTHING",
                         (self.name,))
 
-    def _tx(self, what: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run ``fn`` in one transaction, retrying while the server is unreachable."""
+    def _tx(self, what: str, fn: Callable[[psycopg.Connection[Any]], T],
+            patience: float | None = None) -> T:
+        """Run ``fn`` in one transaction, retrying while the server is unreachable for up
+        to ``patience`` (default ``timeout``) seconds."""
         pg = import_psycopg()
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (self.timeout if patience is None else patience)
         pause = 0.02
         while True:
             try:
@@ -606,7 +611,7 @@ class PostgresStore(PostgresCommands):
             )
 
         try:
-            self._tx("record_fault", record)
+            self._tx("record_fault", record, FAULT_PATIENCE)
         except StoreError:
             pass  # best effort: the fault Event and the process's own list still say it
 

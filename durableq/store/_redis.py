@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _FAULTS_MAX = 1000
+#: Seconds a fault waits for an unreachable server: the fault Event already says it, and
+#: the dispatcher that records it must not stall.
+FAULT_PATIENCE = 0.5
 _CAUSE_FIELD = {"error": "fe", "crash": "fc", "timeout": "ft"}
 _STATE_KEY = {State.DONE: "hist:4", State.EXPIRED: "hist:7", State.DEAD: "dead"}
 _SCRIPTS = ("PUT", "LEASE", "SETTLE", "FAIL", "TICK", "COUNTS", "NEXT_DUE", "READ",
@@ -153,11 +156,11 @@ class RedisStore(RedisCommands):
         assert client is not None
         return client
 
-    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+    def _retry(self, what: str, fn: Callable[[], T], patience: float | None = None) -> T:
         """Run ``fn``, retrying while the server is unreachable; ``StoreError`` once
-        ``timeout`` passes or for any other server error."""
+        ``patience`` (default ``timeout``) passes or for any other server error."""
         r = import_redis()
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (self.timeout if patience is None else patience)
         pause = 0.02
         while True:
             try:
@@ -395,7 +398,7 @@ class RedisStore(RedisCommands):
                 pipe.ltrim(key, -_FAULTS_MAX, -1)
                 pipe.execute()
 
-            self._retry("record_fault", push)
+            self._retry("record_fault", push, FAULT_PATIENCE)
         except StoreError:
             pass  # best effort: the fault Event and the process's own list still say it
 
