@@ -55,6 +55,7 @@ class MemoryStore(MemoryCommands):
         self._ready: list[tuple[int, float, int]] = []  # heap of (priority, due, id)
         self._bumps: list[tuple[float, int]] = []
         self._expiries: list[tuple[float, int]] = []
+        self._dues: list[tuple[float, int]] = []  # (due, id) of messages put for later
         self._next_id = 1
         self._acked_total = 0
         self._late_total = 0
@@ -85,6 +86,8 @@ class MemoryStore(MemoryCommands):
                     id_, int(priority), due, bytes(payload), now, deadline, bump, expires
                 )
                 heapq.heappush(self._ready, (int(priority), due, id_))
+                if due > now:
+                    heapq.heappush(self._dues, (due, id_))
                 if bump is not None:
                     heapq.heappush(self._bumps, (bump, id_))
                 if expires is not None:
@@ -237,6 +240,7 @@ class MemoryStore(MemoryCommands):
     def _release(self, rec: _Record) -> None:
         rec.state = State.READY
         heapq.heappush(self._ready, (rec.priority, rec.due, rec.id))
+        heapq.heappush(self._dues, (rec.due, rec.id))
 
     def requeue_expired(self, now: float) -> int:
         with self._lock:
@@ -276,13 +280,20 @@ class MemoryStore(MemoryCommands):
             )
 
     def next_due(self, now: float) -> float | None:
+        # Due times in a heap, dropped once past (callers ask with a time that only grows)
+        # or stale: a look costs O(log n), however many messages wait or are kept.
         with self._lock:
-            dues = [
-                r.due for r in self._records.values() if r.state == State.READY and r.due > now
-            ]
-            dues += [b for b, i in self._bumps[:1]]
-            dues += [e for e, i in self._expiries if e > now][:1]
-            return min(dues, default=None)
+            dues = self._dues
+            while dues:
+                due, id_ = dues[0]
+                rec = self._records.get(id_)
+                if due > now and rec is not None and rec.state == State.READY and rec.due == due:
+                    break
+                heapq.heappop(dues)
+            events = [dues[0][0]] if dues else []
+            events += [b for b, _ in self._bumps[:1]]
+            events += [e for e, _ in self._expiries if e > now][:1]
+            return min(events, default=None)
 
     def counts(self) -> Counts:
         now = self.clock.time()
