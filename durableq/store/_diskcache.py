@@ -112,6 +112,8 @@ _TOMBSTONE: Final = (
 #: Pages in the message file's write-ahead log before a producer checkpoints it itself
 #: (SQLite's default is 1000: a put in ~250 paid for the copy and an fsync).
 PRODUCER_CHECKPOINT: Final = 16384
+#: The log size past which the owner checkpoints it (SQLite's own default: 1000 pages).
+CHECKPOINT_BYTES: Final = 4 * 1024 * 1024
 #: History rows collected between two retention trims.
 TRIM_EVERY: Final = 1024
 # Run on the ledger connection, with the message file attached as "q".
@@ -495,7 +497,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
                     kept,
                 )
                 self._collected += len(kept)
-                if self._collected >= TRIM_EVERY:
+                if self._collected >= max(TRIM_EVERY, (self.retention.count or 0) // 2):
                     self._trim(con, top)
         except Busy:
             return 0
@@ -509,8 +511,14 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         return len(rows)
 
     def _checkpoint(self, con: sqlite3.Connection) -> None:
-        """Copy the message file's log into the database, without waiting for anyone:
-        readers or a writer in the way just leave part of it for the next time."""
+        """Copy the message file's log into the database once it passed CHECKPOINT_BYTES,
+        without waiting for anyone: readers or a writer in the way just leave part of it for
+        the next time."""
+        try:
+            if os.path.getsize(os.path.join(self.path, _DB + "-wal")) < CHECKPOINT_BYTES:
+                return
+        except OSError:
+            return  # no log file: nothing to copy
         try:
             con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.OperationalError as exc:
