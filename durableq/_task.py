@@ -30,6 +30,7 @@ _JITTER, _DEMOTE = 1, 2
 _CALL, _CHUNK = 0, 1
 _OK, _RAISED = b"\x00", b"\x01"
 _SUMMARY: Final = struct.Struct("<I")
+_TIMEOUT: Final = struct.Struct("<d")
 
 
 class Options(NamedTuple):
@@ -126,6 +127,19 @@ class Header(NamedTuple):
     size: int  #: where the pickled call starts
 
 
+def timeout_of(payload: bytes) -> float | None:
+    """The task's timeout: the header's first field, read without building the rest."""
+    (timeout,) = _TIMEOUT.unpack_from(payload)
+    return timeout or None
+
+
+def _name_and_start(payload: bytes) -> tuple[int, str, int]:
+    """``(kind, function name, where the pickled call starts)``."""
+    fields = _HEADER.unpack_from(payload)
+    end = _HEADER.size + fields[8]
+    return fields[2], bytes(payload[_HEADER.size : end]).decode(errors="replace"), end
+
+
 def header_of(payload: bytes) -> Header:
     timeout, attempts, kind, retries, t_retries, backoff, cap, flags, n = _HEADER.unpack_from(
         payload
@@ -159,10 +173,10 @@ def run(
     ``loads`` unpickles the call (``AllowList.loads`` under ``allowed_modules``)."""
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     try:
-        head = header_of(payload)
-        fn, args, kwargs, retry_on = loads(memoryview(payload)[head.size :])
-        on_start(head.name)
-        if head.kind == _CHUNK:
+        kind, name, start = _name_and_start(payload)
+        fn, args, kwargs, retry_on = loads(memoryview(payload)[start:])
+        on_start(name)
+        if kind == _CHUNK:
             value: Any = [fn(*a) for a in args]
         else:
             value = fn(*args, **kwargs)

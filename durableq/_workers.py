@@ -36,7 +36,7 @@ from ._lazy import ALL, NONE, Gate
 from ._limits import MemoryWatch, describe
 from ._policy import CRASH, ERROR, TIMEOUT, FailedAttempt
 from ._records import Failure, Fault, Leased, LeaseToken
-from ._task import encode_error, error_of, header_of
+from ._task import encode_error, error_of, header_of, timeout_of
 from ._wakeup import Wakeup
 from .store import Store
 
@@ -382,7 +382,7 @@ class Dispatcher(threading.Thread):
 
     def _arm(self, w: _Worker, now: float) -> None:
         """The worker's first task is running from ``now``: arm its timeout."""
-        timeout = header_of(w.tasks[0].payload).timeout if w.tasks else None
+        timeout = timeout_of(w.tasks[0].payload) if w.tasks else None
         w.deadline = now + timeout if timeout else float("inf")
         w.since = now
 
@@ -465,7 +465,7 @@ class Dispatcher(threading.Thread):
         w.conn.close()
         if task is not None:
             self.timeouts += 1
-            self._failed(task, w.process.exitcode, timeout=header_of(task.payload).timeout)
+            self._failed(task, w.process.exitcode, timeout=timeout_of(task.payload))
             self._requeue_unstarted(w, started=1)
         self._spawn()
 

@@ -235,9 +235,9 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
 
     def _connections(self) -> Any:
         local = self._local
-        if getattr(local, "pid", None) != os.getpid():
+        if getattr(local, "pid", None) != _pid[0]:
             # A connection must never cross fork(): open fresh ones in each process.
-            local.pid, local.messages, local.ledger = os.getpid(), None, None
+            local.pid, local.messages, local.ledger = _pid[0], None, None
         return local
 
     def _messages(self) -> sqlite3.Connection:
@@ -623,7 +623,13 @@ _live: weakref.WeakSet[DiskcacheStore] = weakref.WeakSet()
 _inherited: list[Any] = []
 
 
+#: This process's id, kept current across fork() (os.getpid() is a system call per store
+#: verb otherwise).
+_pid = [os.getpid()]
+
+
 def _after_fork_in_child() -> None:
+    _pid[0] = os.getpid()
     for store in list(_live):
         _inherited.append(store._local)
         store._init_process_state()
