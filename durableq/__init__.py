@@ -45,6 +45,7 @@ from .store import (
     DiskcacheStore,
     MemoryStore,
     PostgresStore,
+    RabbitMQStore,
     RedisStore,
     Store,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "Queue",
     "QueueLocked",
     "QueueNotFound",
+    "RabbitMQStore",
     "Record",
     "RedisStore",
     "Retention",

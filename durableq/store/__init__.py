@@ -166,6 +166,7 @@ from ._commandstore import CommandCounts, CommandRow, CommandStore, CommandWatch
 from ._diskcache import DiskcacheStore  # noqa: E402
 from ._memory import MemoryStore  # noqa: E402
 from ._postgres import PostgresStore  # noqa: E402
+from ._rabbitmq import RabbitMQStore  # noqa: E402
 from ._redis import RedisStore  # noqa: E402
 
 __all__ = [
@@ -176,6 +177,7 @@ __all__ = [
     "DiskcacheStore",
     "MemoryStore",
     "PostgresStore",
+    "RabbitMQStore",
     "RedisStore",
     "Store",
 ]

@@ -10,7 +10,7 @@ contract every implementation passes.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
 
@@ -190,20 +190,24 @@ def holder_alive(pid: int | None) -> bool:
     return True
 
 
-def select_live(rows: Sequence[Sequence[Any]], now: float) -> tuple[list[Any], list[int]]:
+def select_live(
+    rows: Sequence[Sequence[Any]], now: float,
+    alive: Callable[[int | None], bool] = holder_alive,
+) -> tuple[list[Any], list[int]]:
     """Split one target's unexpired rows, oldest first, into the live ones and the ids of
     superseded ones.
 
     Rows are tuples laid out as ``ROW_LAYOUT``. In-flight rows are live only once their
-    lease ran out or their holder died (so a drain takes them again); such a row, if an
-    upsert whose type a newer ready upsert replaced meanwhile, is superseded instead.
+    lease ran out or their holder died (``alive``; a replicated store judges that once, at
+    the requester, so every replica decides alike); such a row, if an upsert whose type a
+    newer ready upsert replaced meanwhile, is superseded instead.
     """
     newer_keyed = {r[2] for r in rows if r[9] and r[7] == _READY}
     out: list[Any] = []
     superseded: list[int] = []
     for r in rows:
         if r[7] == _IN_FLIGHT:
-            if r[11] > now and holder_alive(r[10]):
+            if r[11] > now and alive(r[10]):
                 continue
             if r[9] and r[2] in newer_keyed:
                 superseded.append(r[0])

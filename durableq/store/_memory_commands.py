@@ -18,6 +18,7 @@ from ._commandstore import (
     CommandCounts,
     CommandRow,
     check_state,
+    holder_alive,
     missing_error,
     select_live,
     to_row,
@@ -145,7 +146,8 @@ class MemoryCommands:
         s = self._command_state()
         with s.cond:
             live, superseded = select_live(
-                [c.layout() for c in s.of(target, now, (_READY, _IN_FLIGHT))], now
+                [c.layout() for c in s.of(target, now, (_READY, _IN_FLIGHT))], now,
+                self._holder_alive,
             )
             taken = [s.rows[r[0]] for r in live[:limit]]
             for id_ in superseded:
@@ -161,6 +163,11 @@ class MemoryCommands:
                     s.latest.pop((cmd.target, cmd.type), None)
                 cmd.state, cmd.holder, cmd.deadline = _IN_FLIGHT, holder, now + lease
         return out
+
+    def _holder_alive(self, pid: int | None) -> bool:
+        """Whether a drain must leave ``pid``'s unexpired lease alone (a replica overrides
+        this with the requester's judgement)."""
+        return holder_alive(pid)
 
     def _command_leased(self, s: _Commands, token: LeaseToken) -> _Command | None:
         cmd = s.rows.get(token.id)
