@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from ._clock import Clock, ManualClock, SystemClock
 from ._commands import CommandQueue, PendingCommand
+from ._endpoint import Endpoint
 from ._errors import (
     CommandNotFound,
     CommandStateError,
     ConfigurationError,
     DurableQError,
+    EndpointBusy,
     InitializerFailed,
     OwnerGone,
     QueueLocked,
@@ -63,6 +65,8 @@ __all__ = [
     "Counts",
     "DiskcacheStore",
     "DurableQError",
+    "Endpoint",
+    "EndpointBusy",
     "ErrorGroup",
     "Executor",
     "Failure",

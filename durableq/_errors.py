@@ -119,6 +119,20 @@ class QueueLocked(DurableQError):
         return (type(self), (self.path, self.pid))
 
 
+class EndpointBusy(DurableQError):
+    """Another live ``Endpoint`` consumes ``endpoint_id``'s tasks (one at a time)."""
+
+    def __init__(self, endpoint_id: str) -> None:
+        self.endpoint_id = endpoint_id
+        super().__init__(
+            f"endpoint {endpoint_id!r} is served by another process (the broker refused a "
+            f"second exclusive consumer of {endpoint_id}.tasks); stop that one first"
+        )
+
+    def __reduce__(self) -> tuple[type[EndpointBusy], tuple[str]]:
+        return (type(self), (self.endpoint_id,))
+
+
 class OwnerGone(DurableQError, ConnectionError):
     """The process owning the queue died or shut it down; nothing put is lost.
 

@@ -1,0 +1,137 @@
+"""durableq.Endpoint against a real RabbitMQ broker: tasks in, results out, one endpoint per
+id, and a broker killed and restarted mid-run (every result published, counted by id)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import multiprocessing
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import durableq
+
+from .conftest import TIMEOUT
+from .servers import RabbitMQServer
+
+FORK = multiprocessing.get_context("fork")
+_ids = itertools.count()
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.05)  # the work itself: keeps tasks running across the broker restart
+    return x * x
+
+
+def boom(x: int) -> int:
+    raise ValueError(f"no {x}")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_pika() -> Iterator[None]:
+    logger = logging.getLogger("pika")  # see tests/test_rabbitmq_store.py
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
+
+
+def _publish(url: str, endpoint_id: str, tasks: list[dict[str, Any]]) -> None:
+    import pika
+
+    con = pika.BlockingConnection(pika.URLParameters(url))
+    channel = con.channel()
+    channel.confirm_delivery()
+    channel.queue_declare(f"{endpoint_id}.tasks", durable=True)
+    for task in tasks:
+        channel.basic_publish("", f"{endpoint_id}.tasks", json.dumps(task).encode(),
+                              pika.BasicProperties(delivery_mode=2), mandatory=True)
+    con.close()
+
+
+def _collect(url: str, endpoint_id: str, wanted: set[str], deadline: float,
+             results: dict[str, Any]) -> None:
+    """Read results until every id in ``wanted`` has one (reconnecting across restarts)."""
+    import pika
+
+    while not wanted <= results.keys() and time.monotonic() < deadline:
+        try:
+            con = pika.BlockingConnection(pika.URLParameters(url))
+            channel = con.channel()
+            channel.queue_declare(f"{endpoint_id}.results", durable=True)
+            for method, _, body in channel.consume(f"{endpoint_id}.results",
+                                                   inactivity_timeout=0.5):
+                if method is not None:
+                    message = json.loads(body)
+                    results[message["task_id"]] = message
+                    channel.basic_ack(method.delivery_tag)
+                if wanted <= results.keys() or time.monotonic() > deadline:
+                    break
+            con.close()
+        except pika.exceptions.AMQPError:
+            time.sleep(0.2)  # the broker is restarting: connect again
+
+
+def test_tasks_run_on_the_executor_and_results_are_published(
+    rabbitmq_server: RabbitMQServer, tmp_path: Path
+) -> None:
+    endpoint_id = f"ep-{next(_ids)}"
+    ex = durableq.Executor(2, mp_context=FORK, path=tmp_path / "ex")
+    endpoint = durableq.Endpoint(endpoint_id, broker=rabbitmq_server.url, executor=ex,
+                                 tasks={"square": square, "boom": boom})
+    try:
+        with pytest.raises(durableq.EndpointBusy):
+            durableq.Endpoint(endpoint_id, broker=rabbitmq_server.url, executor=ex,
+                              tasks={"square": square})
+        tasks = [{"task_id": f"t{i}", "task": "square", "args": [i]} for i in range(5)]
+        tasks += [{"task_id": "bad", "task": "boom", "args": [7]},
+                  {"task_id": "unknown", "task": "nope"}]
+        _publish(rabbitmq_server.url, endpoint_id, tasks)
+        results: dict[str, Any] = {}
+        _collect(rabbitmq_server.url, endpoint_id, {t["task_id"] for t in tasks},
+                 time.monotonic() + TIMEOUT, results)
+        assert {f"t{i}": results[f"t{i}"]["result"] for i in range(5)} == {
+            f"t{i}": i * i for i in range(5)}
+        assert results["bad"]["error"] == {"type": "ValueError", "message": "no 7"}
+        assert results["unknown"]["ok"] is False
+        assert "nope" in results["unknown"]["error"]["message"]
+    finally:
+        endpoint.close(TIMEOUT)
+        ex.shutdown()
+
+
+def test_every_result_is_published_across_a_broker_restart(
+    rabbitmq_server: RabbitMQServer, tmp_path: Path
+) -> None:
+    n = 40
+    endpoint_id = f"ep-{next(_ids)}"
+    ex = durableq.Executor(2, mp_context=FORK, path=tmp_path / "ex")
+    endpoint = durableq.Endpoint(endpoint_id, broker=rabbitmq_server.url, executor=ex,
+                                 tasks={"square": slow_square}, prefetch=6)
+    try:
+        tasks = [{"task_id": f"t{i}", "task": "square", "args": [i]} for i in range(n)]
+        _publish(rabbitmq_server.url, endpoint_id, tasks)
+        results: dict[str, Any] = {}
+        wanted = {t["task_id"] for t in tasks}
+        _collect(rabbitmq_server.url, endpoint_id, {"t0", "t1", "t2"},
+                 time.monotonic() + TIMEOUT, results)
+        rabbitmq_server.kill()
+        assert endpoint.fault.wait(TIMEOUT), "the endpoint must notice the lost broker"
+        rabbitmq_server.start()
+        assert endpoint.connected.wait(TIMEOUT)
+        _collect(rabbitmq_server.url, endpoint_id, wanted, time.monotonic() + TIMEOUT, results)
+        assert set(results) == wanted, f"lost: {sorted(wanted - set(results))}"
+        assert all(results[f"t{i}"]["result"] == i * i for i in range(n))
+        assert not endpoint.fault.is_set()
+    finally:
+        endpoint.close(TIMEOUT)
+        ex.shutdown()
