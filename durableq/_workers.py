@@ -142,6 +142,7 @@ class Dispatcher(threading.Thread):
         self.assign_asked, self.assigned = threading.Event(), threading.Event()
         #: The store may hold scheduled tasks: look up the next due time when idle.
         self.maybe_scheduled = True
+        self.schedules = 0  #: scheduled() calls so far (see _round)
         #: The last lease came up short and nothing was put since: skip the next one
         #: (only while no scheduled task may come due meanwhile).
         self.drained = False
@@ -198,6 +199,7 @@ class Dispatcher(threading.Thread):
 
     def scheduled(self) -> None:
         """A task with a future due time was stored: the next idle round sets a timer."""
+        self.schedules += 1
         self.maybe_scheduled = True
         self.wake()
 
@@ -252,9 +254,14 @@ class Dispatcher(threading.Thread):
         # producer wakes us or the earliest scheduled task is due.
         if self.idle and self.maybe_scheduled and not (self.cancel or self.retry_at):
             # From the time the last lease looked: a task due in between is not missed.
+            seen = self.schedules
             due = self.store.next_due(self.looked_at)
             if due is None:
                 self.maybe_scheduled = False  # until a scheduled put or a restart
+                if seen != self.schedules:
+                    # One was stored while we looked: a look that missed it must not undo
+                    # its scheduled() (a task delayed for 0.5 s then waited forever).
+                    self.maybe_scheduled = True
             else:
                 wait_s = max(0.0, due - self.clock.time())
                 deadline = min(deadline, time.monotonic() + wait_s)
