@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 import durableq
 from durableq import DiskcacheStore, State
 from durableq._cli import main
+from durableq._client import FAST_REFILL
 
 from .conftest import TIMEOUT
 
@@ -88,8 +89,12 @@ def owned(qpath: Path, tmp_path: Path) -> Any:
     q.put_many([{"n": 0}, {"n": 1}, {"n": 2}, b"\x00raw", {"n": 4}])
     q.put(Poison(str(tmp_path / "ran")))
     q.put("later", delay=3600)
+    # Gets further apart than FAST_REFILL: each fetches one message, none ahead (a fast
+    # consumer's prefetch would hold a fourth in flight).
     q.get_message(timeout=TIMEOUT).nack(requeue=False, error=KeyError("user 42"))
+    time.sleep(2 * FAST_REFILL)
     q.get_message(timeout=TIMEOUT).ack()
+    time.sleep(2 * FAST_REFILL)
     q.held = q.get_message(timeout=TIMEOUT)
     q.stats()  # the acks are applied
     return q
