@@ -47,6 +47,7 @@ crash-bench: $(VENV)/.installed-test
 
 server-bench: $(VENV)/.installed-test servers
 	$(BIN)/python bench/server_bench.py
+	$(BIN)/python bench/rabbitmq_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

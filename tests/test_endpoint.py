@@ -20,6 +20,11 @@ from .conftest import TIMEOUT
 from .servers import RabbitMQServer
 
 FORK = multiprocessing.get_context("fork")
+#: A connection the broker drops (killed) can leave pika's ioloop wake-up socketpair to the
+#: garbage collector, which closes it with a ResourceWarning: pika's, not a leak of ours.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+)
 _ids = itertools.count()
 
 

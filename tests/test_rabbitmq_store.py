@@ -24,6 +24,11 @@ from .test_store_contract import StoreContract
 
 _names = itertools.count()
 FORK = multiprocessing.get_context("fork")
+#: A connection the broker drops (killed) can leave pika's ioloop wake-up socketpair to the
+#: garbage collector, which closes it with a ResourceWarning: pika's, not a leak of ours.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+)
 
 
 @pytest.fixture(autouse=True)
