@@ -32,6 +32,7 @@ from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Rec
 from . import _postgres_sql as sql
 from ._postgres_commands import PostgresCommands
 from ._put_watch import PostgresPutWatch
+from ._server import check_options, check_payloads
 from ._server_lock import PostgresOwnerLock
 from ._sqlite_policy import FAILURE_LOG_MAX
 
@@ -95,11 +96,8 @@ class PostgresStore(PostgresCommands):
 
     def __init__(self, url: str, *, name: str = "durableq", timeout: float = 10.0) -> None:
         import_psycopg()
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, not {name!r}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
-        self.url, self.name, self.timeout = url, name, float(timeout)
+        timeout = check_options(name, timeout)
+        self.url, self.name, self.timeout = url, name, timeout
         self._init_process_state()
 
     def _init_process_state(self) -> None:
@@ -231,9 +229,7 @@ class PostgresStore(PostgresCommands):
     ) -> list[int]:
         if not payloads:
             return []
-        for p in payloads:
-            if not isinstance(p, bytes | bytearray | memoryview):
-                raise StoreError(f"payloads must be bytes, not {type(p).__name__}")
+        check_payloads(payloads)
         request, now, q = uuid.uuid4().hex, self.clock.time(), self.name
 
         def put(con: psycopg.Connection[Any]) -> list[int]:

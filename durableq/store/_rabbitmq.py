@@ -36,6 +36,7 @@ from ._commandstore import CommandCounts, CommandRow, CommandWatch, holder_alive
 from ._rabbitmq_events import Replica, attempt_out, pack, tokens_out
 from ._rabbitmq_log import EventLog, import_pika
 from ._rabbitmq_watch import WAKING, LogWatch, RabbitMQOwnerLock
+from ._server import check_options, check_payloads
 
 
 class RabbitMQStore:
@@ -58,11 +59,8 @@ class RabbitMQStore:
 
     def __init__(self, url: str, *, name: str = "durableq", timeout: float = 10.0) -> None:
         import_pika()
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, not {name!r}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
-        self.url, self.name, self.timeout = url, name, float(timeout)
+        timeout = check_options(name, timeout)
+        self.url, self.name, self.timeout = url, name, timeout
         self._init_process_state()
 
     def _init_process_state(self) -> None:
@@ -167,9 +165,7 @@ class RabbitMQStore:
     ) -> list[int]:
         if not payloads:
             return []
-        for p in payloads:
-            if not isinstance(p, bytes | bytearray | memoryview):
-                raise StoreError(f"payloads must be bytes, not {type(p).__name__}")
+        check_payloads(payloads)
         ids: list[int] = self._request("put", {
             "payloads": [bytes(p) for p in payloads], "priority": int(priority), "due": due,
             "deadline": deadline, "bump": bump, "expires": expires,

@@ -33,6 +33,7 @@ from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Rec
 from . import _redis_lua as lua
 from ._put_watch import RedisPutWatch
 from ._redis_commands import _COMMAND_SCRIPTS, RedisCommands
+from ._server import check_options, check_payloads
 from ._server_lock import RedisOwnerLock
 from ._sqlite_policy import FAILURE_LOG_MAX
 
@@ -97,11 +98,8 @@ class RedisStore(RedisCommands):
 
     def __init__(self, url: str, *, name: str = "durableq", timeout: float = 10.0) -> None:
         import_redis()
-        if not isinstance(name, str) or not name or "}" in name:
-            raise ValueError(f"name must be a non-empty string without '}}', not {name!r}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
-        self.url, self.name, self.timeout = url, name, float(timeout)
+        timeout = check_options(name, timeout, forbidden="}")
+        self.url, self.name, self.timeout = url, name, timeout
         self._init_process_state()
 
     def _init_process_state(self) -> None:
@@ -204,9 +202,7 @@ class RedisStore(RedisCommands):
     ) -> list[int]:
         if not payloads:
             return []
-        for p in payloads:
-            if not isinstance(p, bytes | bytearray | memoryview):
-                raise StoreError(f"payloads must be bytes, not {type(p).__name__}")
+        check_payloads(payloads)
         ids = self._run(
             "PUT", uuid.uuid4().hex, repr(self.clock.time()), int(priority), repr(float(due)),
             _opt(deadline), _opt(bump), _opt(expires), len(payloads), *payloads,
