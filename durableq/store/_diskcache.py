@@ -35,7 +35,7 @@ from .._security import DATABASES, create_private, make_directory, tighten
 from ._integrity import Integrity
 from ._sqlite import SYNC, Busy, SQLiteFiles, guarded, is_busy
 from ._sqlite_commands import SQLiteCommands
-from ._sqlite_policy import PolicyVerbs
+from ._sqlite_policy import PolicyVerbs, drop_messages
 
 FORMAT: Final = 2
 _FORMAT_KEY: Final = "durableq.format"
@@ -104,10 +104,6 @@ _INSERT: Final = (
     "INSERT INTO dq_message "
     "(id, state, priority, due, created, body, deadline, bump, expires, mac) "
     f"VALUES (?, {_READY}, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_TOMBSTONE: Final = (
-    f"UPDATE dq_message SET state = {_DONE}, body = x'', finished = NULL, bump = NULL, "
-    "expires = NULL WHERE id = ?"
 )
 #: Pages in the message file's write-ahead log before a producer checkpoints it itself
 #: (SQLite's default is 1000: a put in ~250 paid for the copy and an fsync).
@@ -479,18 +475,8 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         con = self._messages()
         try:
             with self._write(con) if wait else self._try_write(con):
-                # The newest row stays as an empty tombstone: SQLite picks max(id) + 1 for
-                # a new row, and an id must never come back (the ledger is keyed by it).
-                # Cheaper than AUTOINCREMENT, which costs a second write on every put.
                 (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
-                con.executemany("DELETE FROM dq_message WHERE id = ?", [(i,) for i in gone - {top}])
-                if top in gone:
-                    con.execute(
-                        f"DELETE FROM dq_message WHERE state = {_DONE} AND finished IS NULL "
-                        "AND id < ?",
-                        (top,),
-                    )
-                    con.execute(_TOMBSTONE, (top,))
+                drop_messages(con, "dq_message", gone, top)  # the newest stays a tombstone
                 con.executemany(
                     "UPDATE dq_message SET state = ?, attempts = ?, finished = ?, flags = ?, "
                     "bump = NULL, expires = NULL WHERE id = ?",

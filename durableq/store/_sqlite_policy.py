@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._policy import CAUSES, FailedAttempt, Verdict, decide
@@ -53,6 +53,26 @@ SELECT m.id, coalesce(d.attempts, m.attempts), {_EXPIRED}, ?
  WHERE m.expires <= ? AND {_WAITING}
 ON CONFLICT (id) DO UPDATE SET state = {_EXPIRED}, expiry = excluded.expiry
 """
+
+
+def drop_messages(
+    con: sqlite3.Connection, table: str, ids: Collection[int], top: int | None
+) -> None:
+    """Delete the message rows ``ids`` of ``table`` (``dq_message``, or ``q.dq_message`` on
+    the ledger connection), in the caller's transaction. The newest row, ``top``, stays as
+    an empty tombstone instead: SQLite picks max(id) + 1 for a new row, and an id must never
+    come back (the ledger and the lease tokens are keyed by it); AUTOINCREMENT would cost a
+    second write on every put. Older tombstones go."""
+    con.executemany(f"DELETE FROM {table} WHERE id = ?", [(i,) for i in ids if i != top])
+    if top is not None and top in ids:
+        con.execute(
+            f"DELETE FROM {table} WHERE state = {_DONE} AND finished IS NULL AND id < ?", (top,)
+        )
+        con.execute(
+            f"UPDATE {table} SET state = {_DONE}, body = x'', finished = NULL, bump = NULL, "
+            "expires = NULL WHERE id = ?",
+            (top,),
+        )
 
 
 def _record(row: Sequence[Any]) -> Record:
@@ -347,14 +367,8 @@ class PolicyVerbs:
         return len(ids)
 
     def _delete(self, con: sqlite3.Connection, ids: Sequence[int], top: int | None) -> None:
-        con.executemany("DELETE FROM q.dq_message WHERE id = ?", [(i,) for i in ids if i != top])
+        drop_messages(con, "q.dq_message", ids, top)
         con.executemany("DELETE FROM dq_result WHERE id = ?", [(i,) for i in ids])
-        if top in ids:  # the newest id stays taken: see collect()
-            con.execute(
-                f"UPDATE q.dq_message SET state = {_DONE}, body = x'', finished = NULL "
-                "WHERE id = ?",
-                (top,),
-            )
 
     @guarded
     def trim(self) -> None:
@@ -382,12 +396,7 @@ class PolicyVerbs:
                 "ORDER BY finished DESC, id DESC LIMIT -1 OFFSET ?",
                 (r.count,),
             ))
-        con.executemany("DELETE FROM dq_message WHERE id = ?", [(i,) for i in ids if i != top])
-        if top in ids:
-            con.execute(
-                f"UPDATE dq_message SET state = {_DONE}, body = x'', finished = NULL WHERE id = ?",
-                (top,),
-            )
+        drop_messages(con, "dq_message", ids, top)
         cutoff = self.clock.time() - r.age if r.age is not None else float("-inf")
         self._ledger().execute(
             "DELETE FROM dq_failure WHERE time < ? OR id <= "
