@@ -21,6 +21,7 @@ import durableq
 from durableq import _dispatcher
 
 from .conftest import TIMEOUT
+from .servers import START_TIMEOUT
 
 FORK = multiprocessing.get_context("fork")
 _names = itertools.count()
@@ -134,14 +135,16 @@ class ServerCases:
         self, server: Any
     ) -> None:
         n = 300
-        q = durableq.Queue(store=self.fresh(server.url), ack="manual", ctx=FORK)
+        # The producer keeps retrying for as long as the server may take to come back.
+        q = durableq.Queue(store=self.fresh(server.url, timeout=START_TIMEOUT), ack="manual",
+                           ctx=FORK)
         producer = FORK.Process(target=_produce, args=(q, 0, n))
         producer.start()
         acked: set[int] = set()
         redelivered_after_ack: list[int] = []
         restarted = False
         while len(acked) < n:
-            msg = q.get_message(timeout=TIMEOUT)
+            msg = q.get_message(timeout=START_TIMEOUT)
             if msg.body in acked:
                 redelivered_after_ack.append(msg.body)
             msg.ack()

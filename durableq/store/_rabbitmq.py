@@ -47,7 +47,8 @@ class RabbitMQStore:
         url: an AMQP URL, e.g. ``"amqp://user:pass@broker-host:5672/%2F"``.
         name: the queue's name (its stream is ``durableq.<name>.log``).
         timeout: seconds to keep retrying while the broker is unreachable (restarting)
-            before raising ``StoreError``.
+            before raising ``StoreError``. The default, 30 s, outlasts a broker restart:
+            a RabbitMQ node takes 10 to 20 s to boot and recover its streams.
 
     Raises:
         ConfigurationError: pika is not installed.
@@ -57,7 +58,7 @@ class RabbitMQStore:
     #: Every process that opens the store is a peer (see ``RedisStore.peers``).
     peers: ClassVar[bool] = True
 
-    def __init__(self, url: str, *, name: str = "durableq", timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, name: str = "durableq", timeout: float = 30.0) -> None:
         import_pika()
         timeout = check_options(name, timeout)
         self.url, self.name, self.timeout = url, name, timeout
