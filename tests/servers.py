@@ -353,6 +353,10 @@ class RabbitMQServer(_Server):
         try:
             super().stop()  # SIGTERM: the script stops the node cleanly
         finally:
+            # The script may exit before the VM it started: leave nothing of the session.
+            if self.proc is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
             epmd = shutil.which("epmd") or "/usr/bin/epmd"
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"],
