@@ -117,8 +117,11 @@ class StoreContract:
         assert store.ack([a.token], results=[b"late"]) == 0, "a stale ack must not keep a result"
         assert store.results(upto=2) == {1: b"ra", 2: b"rb"}
         assert store.results(upto=99) == {1: b"ra", 2: b"rb", 3: b"rc"}
+        assert store.results_of([3, 1, 42]) == {1: b"ra", 3: b"rc"}
+        assert store.results_of([]) == {}
         assert store.forget([1, 3, 42]) == 2
         assert store.results(upto=99) == {2: b"rb"}
+        assert store.results_of([1, 2, 3]) == {2: b"rb"}
 
     def test_unfinished_lists_ready_and_in_flight_ids(self, store: Store) -> None:
         store.put_many([b"a", b"b", b"c", b"d"])

@@ -128,6 +128,11 @@ class Store(Protocol):
         """The kept results of messages with ids up to ``upto``."""
         ...
 
+    def results_of(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """The kept results of those of ``ids`` that have one (an executor asks for the
+        tasks it awaits that a peer may have run)."""
+        ...
+
     def forget(self, ids: Sequence[int]) -> int:
         """Drop the kept results of ``ids``; returns how many existed."""
         ...

@@ -442,6 +442,15 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         return self._checked_results(rows, self.clock.time())
 
     @guarded
+    def results_of(self, ids: Sequence[int]) -> dict[int, bytes]:
+        rows = []
+        for i in range(0, len(ids), 500):  # SQLite's bound on host parameters
+            part = ids[i : i + 500]
+            rows += self._read("SELECT id, body, mac FROM dq_result WHERE id IN "
+                               f"({','.join('?' * len(part))})", tuple(part))
+        return self._checked_results(rows, self.clock.time())
+
+    @guarded
     def forget(self, ids: Sequence[int]) -> int:
         con = self._ledger()
         with self._write(con, "BEGIN"):

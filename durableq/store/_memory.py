@@ -233,6 +233,10 @@ class MemoryStore(MemoryCommands):
         with self._lock:
             return {i: r for i, r in self._results.items() if i <= upto}
 
+    def results_of(self, ids: Sequence[int]) -> dict[int, bytes]:
+        with self._lock:
+            return {i: self._results[i] for i in ids if i in self._results}
+
     def forget(self, ids: Sequence[int]) -> int:
         with self._lock:
             return sum(self._results.pop(i, None) is not None for i in ids)

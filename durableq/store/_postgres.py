@@ -537,6 +537,12 @@ class PostgresStore(PostgresCommands):
             (self.name, upto),
         )}
 
+    def results_of(self, ids: Sequence[int]) -> dict[int, bytes]:
+        return {r[0]: bytes(r[1]) for r in self._all(
+            "results", "SELECT id, result FROM durableq_result WHERE queue = %s AND "
+            "id = ANY(%s)", (self.name, list(ids)),
+        )} if ids else {}
+
     def forget(self, ids: Sequence[int]) -> int:
         return self._tx("forget", lambda con: con.execute(
             "DELETE FROM durableq_result WHERE queue = %s AND id = ANY(%s)",

@@ -262,6 +262,9 @@ class RabbitMQStore:
     def results(self, upto: int) -> dict[int, bytes]:
         return self._read().results(upto)
 
+    def results_of(self, ids: Sequence[int]) -> dict[int, bytes]:
+        return self._read().results_of(ids)
+
     def forget(self, ids: Sequence[int]) -> int:
         n: int = self._request("forget", {"ids": list(ids)}) if ids else 0
         return n

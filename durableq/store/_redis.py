@@ -344,6 +344,13 @@ class RedisStore(RedisCommands):
         raw = self._retry("results", lambda: client.hgetall(self.prefix + "results"))
         return {int(k): v for k, v in raw.items() if isinstance(v, bytes) and int(k) <= upto}
 
+    def results_of(self, ids: Sequence[int]) -> dict[int, bytes]:
+        if not ids:
+            return {}
+        client = self.redis()
+        raw = self._retry("results", lambda: client.hmget(self.prefix + "results", list(ids)))
+        return {i: r for i, r in zip(ids, raw, strict=True) if isinstance(r, bytes)}
+
     def forget(self, ids: Sequence[int]) -> int:
         if not ids:
             return 0
