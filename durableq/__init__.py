@@ -50,6 +50,7 @@ from .store import (
     RabbitMQStore,
     RedisStore,
     Store,
+    open_store,
 )
 from .store._salvage import Salvaged, salvage
 
@@ -117,5 +118,6 @@ __all__ = [
     "__version__",
     "inspect",
     "maintain",
+    "open_store",
     "salvage",
 ]

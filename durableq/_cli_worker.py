@@ -1,4 +1,5 @@
-"""``durableq worker``: run an executor's workers for a queue directory as a service.
+"""``durableq worker``: run an executor's workers for a queue directory as a service, or
+as one peer of a queue kept in a server (``--store URL``; ``durableq.open_store``).
 
 SIGTERM (or a first Ctrl-C) stops gracefully: no new task starts, running ones finish,
 tasks leased ahead go back to the store, exit 0. A second SIGINT (or SIGTERM) kills the
@@ -20,8 +21,16 @@ from ._cli_common import DURATION, FAILED, handled
 
 
 @click.command()
-@click.argument("path", type=click.Path())
-@click.option("-w", "--workers", type=click.IntRange(1), default=None,
+@click.argument("path", type=click.Path(), required=False)
+@click.option("--store", "url", metavar="URL", default=None,
+              help="Serve the queue kept in this server instead of PATH: redis://, "
+                   "rediss://, postgresql://, postgres://, amqp:// or amqps://.")
+@click.option("--name", default="durableq", show_default=True,
+              help="With --store: the queue's name in the server.")
+@click.option("--visibility-timeout", type=DURATION, default=300.0, show_default=True,
+              help="With --store: seconds a lease lasts; a dead host's tasks run "
+                   "elsewhere after this long.")
+@click.option("-w", "-n", "--workers", type=click.IntRange(1), default=None,
               help="Worker processes (default: one per CPU).")
 @click.option("--import-path", "import_paths", multiple=True, type=click.Path(exists=True),
               help="Directory to import task functions from (repeatable; PYTHONPATH works too).")
@@ -32,7 +41,8 @@ from ._cli_common import DURATION, FAILED, handled
               default=None, help="How worker processes start (default: the platform's).")
 @handled
 def worker(
-    path: str, workers: int | None, import_paths: tuple[str, ...], max_attempts: int,
+    path: str | None, url: str | None, name: str, visibility_timeout: float,
+    workers: int | None, import_paths: tuple[str, ...], max_attempts: int,
     timeout: float | None, start_method: str | None,
 ) -> None:
     """Run the tasks stored at PATH with N worker processes, until SIGTERM: what an
@@ -40,8 +50,17 @@ def worker(
     with durableq.Submitter(PATH).submit(fn, ...). Task functions are imported by name.
     A missing (or empty) PATH becomes a new queue; another non-empty directory is refused.
 
-    Example: durableq worker jobs.q -w 4 --import-path ./src
+    With --store URL instead of PATH, serve the queue NAME kept in that server, beside
+    any number of other workers on any hosts: programs submit with
+    durableq.Executor(store=durableq.open_store(URL, name=NAME), max_workers=0).
+
+    Examples: durableq worker jobs.q -w 4 --import-path ./src;
+    durableq worker --store redis://host:6379/0 --name jobs -n 4
     """
+    if (path is None) == (url is None):
+        raise click.UsageError("give a queue directory PATH or --store URL, exactly one")
+    if url is None and name != "durableq":
+        raise click.UsageError("--name names a queue in a server: use it with --store")
     for directory in reversed(import_paths):
         full = os.path.abspath(directory)
         sys.path.insert(0, full)
@@ -60,7 +79,12 @@ def worker(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        _serve(path, workers, start_method, max_attempts, timeout, stop, signals)
+        if url is not None:
+            _serve_store(url, name, visibility_timeout, workers, start_method, max_attempts,
+                         timeout, stop, signals)
+        else:
+            assert path is not None
+            _serve(path, workers, start_method, max_attempts, timeout, stop, signals)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -83,6 +107,33 @@ def _serve(
     service = WorkerService(
         path, workers, mp_context=ctx, max_attempts=max_attempts, timeout=timeout
     )
+    _run(service, workers, stop, signals)
+
+
+def _serve_store(
+    url: str, name: str, visibility_timeout: float, workers: int | None,
+    start_method: str | None, max_attempts: int, timeout: float | None,
+    stop: threading.Event, signals: dict[str, int],
+) -> None:
+    from ._service import WorkerService
+    from .store import open_store
+
+    try:
+        store = open_store(url, name=name)
+    except ValueError as exc:
+        raise click.UsageError(f"--store: {exc}") from None
+    _title(f"durableq service {name} -w {workers or os.cpu_count()}")
+    ctx = multiprocessing.get_context(start_method) if start_method else None
+    click.echo(f"durableq worker: joining the peers of {store!r}", err=True)
+    service = WorkerService(
+        store=store, max_workers=workers, mp_context=ctx, max_attempts=max_attempts,
+        timeout=timeout, visibility_timeout=visibility_timeout,
+    )
+    _run(service, workers, stop, signals)
+
+
+def _run(service: Any, workers: int | None, stop: threading.Event,
+         signals: dict[str, int]) -> None:
     signals["serving"] = 1
     try:
         click.echo(f"durableq worker: serving with {workers or os.cpu_count()} workers "

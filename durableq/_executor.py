@@ -13,6 +13,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import socket
 import threading
 import time
 import weakref
@@ -28,6 +29,7 @@ from ._errors import TaskAbandoned
 from ._lazy import Gate, Lazy, lazy_of
 from ._limits import MemoryWatch, auto_size, memory_limits
 from ._owner import claim
+from ._peers import PeerLink
 from ._policy import DEFAULT_RETENTION, Retention
 from ._records import Failure, Fault
 from ._report import ErrorGroup, group
@@ -77,11 +79,15 @@ class _State:
     """What the executor shares with its dispatcher's callbacks (never the executor itself,
     so an executor nobody references is collected and its pool shut down)."""
 
-    def __init__(self, keep_results: bool, earlier: int) -> None:
+    def __init__(self, keep_results: bool, earlier: int, peers: bool = False) -> None:
         self.lock = threading.Lock()
         self.futures: dict[int, TaskFuture] = {}
         self.keep_results = keep_results
-        self.earlier = earlier  # ids above belong to this run
+        self.earlier = earlier  # ids above belong to this run (without peers)
+        # With peers, ids above are anyone's: an outcome with no future is parked only
+        # while a submit of this executor is between its put and its register().
+        self.peers = peers
+        self.putting = 0
         # A task can finish before submit() has registered its future (the put happens
         # outside the lock, so the dispatcher never waits for a commit): park its outcome.
         self.early: dict[int, bytes] = {}
@@ -99,7 +105,12 @@ class _State:
         # A retried task's future is already running.
         return fut is None or fut.running() or fut.set_running_or_notify_cancel()
 
-    def register(self, fs: list[TaskFuture]) -> None:
+    def putting_begins(self) -> None:
+        with self.lock:
+            self.putting += 1
+
+    def register(self, fs: list[TaskFuture], put: bool = False) -> None:
+        """Hand out ``fs``; ``put``: their submit called ``putting_begins`` first."""
         early = []
         with self.lock:
             for fut in fs:
@@ -108,7 +119,15 @@ class _State:
                     self.futures[fut.task_id] = fut
                 else:
                     early.append((fut, outcome))  # settled now, never kept here
+            if put:
+                self.putting -= 1
+                if self.peers and not self.putting:
+                    self.early.clear()  # every submit registered: what is left is a peer's
         self._settle(early)
+
+    def awaited(self) -> list[int]:
+        with self.lock:
+            return list(self.futures)
 
     def resolve(self, outcomes: list[tuple[int, bytes]]) -> None:
         found = []
@@ -119,9 +138,13 @@ class _State:
                     found.append((fut, outcome))
                 elif task_id in self.dropped:
                     self.dropped.discard(task_id)
+                elif self.peers:
+                    if self.putting:
+                        self.early[task_id] = outcome  # perhaps ours, not registered yet
                 elif task_id > self.earlier:
                     self.early[task_id] = outcome
-                # else: an earlier run's task nobody asked for: its result stays stored
+                # else: an earlier run's (or a peer's) task nobody here asked for: its
+                # result stays stored for whoever asks
         self._settle(found)
 
     def _settle(self, found: list[tuple[TaskFuture, bytes]]) -> None:
@@ -147,7 +170,9 @@ class _State:
         with self.lock:
             pending, self.futures = list(self.futures.values()), {}
         where = (
-            "it stays stored for the next Executor on this path"
+            "it stays stored (and runs on a peer)"
+            if self.peers
+            else "it stays stored for the next Executor on this path"
             if self.keep_results
             else "it is lost: without a path tasks live in memory"
         )
@@ -180,6 +205,16 @@ class Executor(AdminMixin, futures.Executor):
         max_tasks_per_child: replace a worker after this many tasks.
         path: directory keeping tasks and results; ``None`` keeps them in memory (a dead
             worker is still survived, a dead parent is not).
+        store: a ``durableq.Store`` keeping tasks and results instead of ``path`` (not
+            both). With a server store (``RedisStore``, ``PostgresStore``,
+            ``RabbitMQStore``) every executor opened on it, on any host, is a peer: each
+            runs the store's tasks with its own workers, and a future resolves whichever
+            peer ran its task (README: "Many machines"). ``max_workers=0`` then submits
+            and awaits only.
+        visibility_timeout: with a server store, seconds a lease lasts: the tasks of a
+            peer whose host died run elsewhere after this long, and a task still running
+            past it may run on a peer too (at-least-once): keep it above the longest task,
+            or set ``timeout``.
         max_attempts: runs of a task whose worker dies, before its future raises
             ``WorkerCrashed``.
         timeout: seconds a task may run before its worker is killed (default: no limit).
@@ -220,6 +255,8 @@ class Executor(AdminMixin, futures.Executor):
         *,
         max_tasks_per_child: int | None = None,
         path: str | os.PathLike[str] | None = None,
+        store: Store | None = None,
+        visibility_timeout: float = 300.0,
         max_attempts: int = 3,
         timeout: float | None = None,
         wait_for_owner: bool = False,
@@ -246,12 +283,15 @@ class Executor(AdminMixin, futures.Executor):
         self._allowed = AllowList(allowed_modules) if allowed_modules is not None else None
         soft, hard = memory_limits(max_worker_memory, hard_worker_memory)
         auto = max_workers == "auto"
+        peers = _check_store(path, store, visibility_timeout)
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         elif auto:
             max_workers = auto_size(soft, hard)
+        elif peers and max_workers == 0 and not isinstance(max_workers, bool):
+            pass  # a producer: its peers run the tasks
         elif not isinstance(max_workers, int) or max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
+            raise ValueError("max_workers must be greater than 0 (0 only with a server store)")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if max_tasks_per_child is not None and (
@@ -281,10 +321,10 @@ class Executor(AdminMixin, futures.Executor):
                 "method; supply a different mp_context."
             )
         ctx = mp_context
-        durable = path is not None
+        durable = path is not None or store is not None
         store, lock, lock_dir, _ = claim(
             path,
-            None if durable else MemoryStore(),
+            store if store is not None else None if durable else MemoryStore(),
             sync="normal",
             wait=wait_for_owner,
             trusted=trusted,
@@ -292,10 +332,12 @@ class Executor(AdminMixin, futures.Executor):
         )
         self._store: Store = store
         store.retention, store.clock = retention, clock
-        self._earlier = store.counts().put_total  # ids up to here belong to earlier runs
+        # Ids up to here were stored before this executor opened: earlier runs' tasks (and,
+        # with peers, anyone's). Ids above are this run's only without peers.
+        self._earlier = store.counts().put_total
         self._recovered: dict[int, TaskFuture] | None = None
         self._handed: dict[int, TaskFuture] = {}  # revived or replayed, not yet asked for
-        self._state = state = _State(keep_results=durable, earlier=self._earlier)
+        self._state = state = _State(keep_results=durable, earlier=self._earlier, peers=peers)
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
         self.path = lock_dir or None
@@ -321,7 +363,8 @@ class Executor(AdminMixin, futures.Executor):
             initializer=initializer,
             initargs=initargs,
             max_tasks_per_child=max_tasks_per_child,
-            name=os.path.basename(lock_dir) if lock_dir else f"pid{os.getpid()}",
+            name=(os.path.basename(lock_dir) if lock_dir else
+                  f"{socket.gethostname()}:{os.getpid()}" if peers else f"pid{os.getpid()}"),
             keep_results=durable,
             resolve=state.resolve,
             begin=state.begin,
@@ -335,6 +378,10 @@ class Executor(AdminMixin, futures.Executor):
             ),
             note=note,
             allowed=self._allowed,
+            peer=PeerLink(
+                store, awaited=state.awaited, resolve=state.resolve,
+                visibility_timeout=visibility_timeout,
+            ) if peers else None,
         )
         self._max_workers = max_workers
         self._dispatcher.clock = clock
@@ -382,9 +429,14 @@ class Executor(AdminMixin, futures.Executor):
         )
         with self._shutdown_lock:  # registered before shutdown() can look at the futures
             self._check_open()
-            ids = self._store.put_many(payloads, **timing._asdict())
+            state.putting_begins()
+            try:
+                ids = self._store.put_many(payloads, **timing._asdict())
+            except BaseException:
+                state.register([], put=True)
+                raise
             fs = [TaskFuture(i, self._cancelled) for i in ids]
-            state.register(fs)
+            state.register(fs, put=True)
         if timing.due > self._clock.time() or timing.event() is not None:
             self._dispatcher.scheduled()
         else:
@@ -599,7 +651,7 @@ class Executor(AdminMixin, futures.Executor):
         self._dispatcher.join()
 
     def __repr__(self) -> str:
-        where = self.path or "memory"
+        where = self.path or (repr(self._store) if self._state.keep_results else "memory")
         return f"<durableq.Executor {where} workers={self._max_workers}>"
 
 
@@ -644,6 +696,20 @@ def _result_or_cancel(fut: TaskFuture, timeout: float | None) -> Any:
     finally:
         fut.cancel()
         del fut
+
+
+def _check_store(path: Any, store: Any, visibility_timeout: Any) -> bool:
+    """Refuse ``path`` with ``store``; returns whether the store's openers are peers."""
+    if store is None:
+        return False
+    if path is not None:
+        raise ValueError("pass path= or store=, not both: a store= keeps the tasks itself")
+    if not isinstance(store, Store):
+        raise TypeError(f"store must implement durableq.Store, not {type(store).__name__}")
+    if (isinstance(visibility_timeout, bool) or not isinstance(visibility_timeout, int | float)
+            or not visibility_timeout > 0):
+        raise ValueError(f"visibility_timeout must be > 0 seconds, not {visibility_timeout!r}")
+    return bool(getattr(store, "peers", False))
 
 
 def _recurring(hook: Callable[[ErrorGroup], Any], threshold: int) -> Callable[[Failure], None]:

@@ -10,6 +10,12 @@ store, as ``Executor.submit`` does, then writes a byte to the service's FIFO in
 The service keeps no results: nobody in its process waits for them, so storing them
 would only grow the directory. Failures stay in the failure log and dead letters
 (``durableq report``, ``durableq show``).
+
+``WorkerService(store=server_store)`` serves a Redis, PostgreSQL or RabbitMQ store
+instead: one of any number of peers, on any hosts (``durableq worker --store URL``).
+The store's own notifications wake it, and it keeps results, since producers on other
+hosts await them through ``Executor(store=..., max_workers=0)`` futures, which forget
+them once delivered.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from ._executor import Executor
 from ._schedule import timing_of
 from ._security import make_directory
 from ._task import Options, check_options, encode_call
-from .store import DiskcacheStore
+from .store import DiskcacheStore, Store
 from .store._command_wakeup import FifoWakeups, FifoWatch
 
 #: Directory of the service's FIFO, inside the queue directory.
@@ -36,15 +42,30 @@ class WorkerService(Executor):
     """An executor that serves a queue directory for other programs.
 
     Args:
-        path: the queue directory.
+        path: the queue directory (or None with ``store``).
         max_workers: worker processes.
+        store: a server store to serve instead of a directory (see the module docstring).
         **options: the other ``Executor`` arguments (``mp_context``, ``initializer``,
-            ``max_attempts``, ``timeout``, ``lazy``, ...); ``wait_for_owner`` defaults to
-            True: a running owner is waited for, then succeeded.
+            ``max_attempts``, ``timeout``, ``lazy``, ``visibility_timeout``, ...);
+            ``wait_for_owner`` defaults to True: a running owner is waited for, then
+            succeeded.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_workers: int | None = None,
+    def __init__(self, path: str | os.PathLike[str] | None = None,
+                 max_workers: int | None = None, *, store: Store | None = None,
                  **options: Any) -> None:
+        self._closing = False
+        self._watch: FifoWatch | None = None
+        self._waker: threading.Thread | None = None
+        if store is not None or path is None:
+            # A peer store: its put notifications wake the dispatcher; results are kept.
+            if store is None or path is not None:
+                raise ValueError("pass a queue directory (path) or store=, exactly one")
+            if not getattr(store, "peers", False):
+                raise ValueError(f"store= serves a server store (Redis, PostgreSQL, RabbitMQ), "
+                                 f"not {type(store).__name__}: serve its directory instead")
+            super().__init__(max_workers, store=store, **options)
+            return
         options.setdefault("wait_for_owner", True)
         # Listen before the dispatcher's first look at the store: a task submitted while
         # this starts is either seen by that look or pokes the FIFO.
@@ -59,14 +80,14 @@ class WorkerService(Executor):
         # result is kept (see the module docstring).
         self._state.earlier = sys.maxsize
         self._dispatcher.keep_results = False
-        self._waker = threading.Thread(
+        self._waker = waker = threading.Thread(
             target=self._wake_on_submit, name="durableq-service-wake", daemon=True
         )
-        self._closing = False
-        self._waker.start()
+        waker.start()
 
     def _wake_on_submit(self) -> None:
         watch, dispatcher = self._watch, self._dispatcher
+        assert watch is not None
         while watch.wait(None) and not self._closing:
             dispatcher.scheduled()  # maybe a delayed task: the next idle round sets a timer
             dispatcher.nudge()
@@ -76,16 +97,20 @@ class WorkerService(Executor):
         tasks leased ahead to the store. Otherwise kill the workers at once: their tasks
         stay stored, not charged an attempt. Waits until the workers are gone."""
         self._closing = True
-        _poke(self._watch)
+        if self._watch is not None:
+            _poke(self._watch)
         if graceful:
             self.shutdown(wait=True, cancel_futures=True)
         else:
             self.kill_workers()
-        self._waker.join()
-        self._watch.close()
+        if self._waker is not None:
+            self._waker.join()
+        if self._watch is not None:
+            self._watch.close()
 
     def __repr__(self) -> str:
-        return f"<durableq.WorkerService {self.path} workers={self._max_workers}>"
+        where = self.path or repr(self._store)
+        return f"<durableq.WorkerService {where} workers={self._max_workers}>"
 
 
 def wake_service(path: str | os.PathLike[str]) -> None:

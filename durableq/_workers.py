@@ -34,6 +34,7 @@ from ._errors import (
 )
 from ._lazy import ALL, NONE, Gate
 from ._limits import MemoryWatch, describe
+from ._peers import PeerLink
 from ._policy import CRASH, ERROR, TIMEOUT, FailedAttempt
 from ._records import Failure, Fault, Leased, LeaseToken
 from ._task import encode_error, error_of, header_of, timeout_of
@@ -112,6 +113,7 @@ class Dispatcher(threading.Thread):
         memory: MemoryWatch | None = None,
         note: Callable[[Fault], None] | None = None,
         allowed: AllowList | None = None,
+        peer: PeerLink | None = None,
     ) -> None:
         super().__init__(name=f"durableq-executor-{name}", daemon=True)
         self.store = store
@@ -130,6 +132,8 @@ class Dispatcher(threading.Thread):
         self.memory = memory  # worker memory limits; the "auto" pool size
         self.note = note or on_fault  # logged, but not a failure (recycled, shrunk)
         self.allowed = allowed  # what workers may unpickle (allowed_modules)
+        self.peer = peer  # a server store's peers: expiring leases, their puts and results
+        self.lease_ttl = peer.lease_ttl if peer is not None else LEASE_TTL
         self.workers: dict[int, _Worker] = {}  # by sentinel
         self._wakeup = Wakeup()
         self.idle = False  # True while waiting with nothing to lease: producers wake us
@@ -230,6 +234,8 @@ class Dispatcher(threading.Thread):
                 self._settle()
             finally:
                 self._wakeup.close()
+                if self.peer is not None:
+                    self.peer.close()
                 self.on_exit()
 
     def _round(self) -> bool:
@@ -243,6 +249,10 @@ class Dispatcher(threading.Thread):
         waits: list[Any] = [self._wakeup, *self.workers]
         waits += [w.conn for w in self.workers.values()]
         deadline = min([w.deadline for w in busy] + [float("inf")])
+        peer = self.peer
+        if peer is not None:
+            waits += peer.waitables()
+            deadline = min(deadline, peer.deadline(self.idle))
         if self.retry_at:
             deadline = min(deadline, self.retry_at)
         recheck = self.gate.recheck_in() if self.gate is not None else None
@@ -270,9 +280,15 @@ class Dispatcher(threading.Thread):
         self.idle = False
         if not ready or self._wakeup in ready:
             self.drained = False  # a timer (a due task) or a wakeup: look at the store
+        if peer is not None and not ready:
+            self.maybe_scheduled = True  # the safety look: a peer's lease may have expired
         for obj in ready:
             if obj is self._wakeup:
                 self._wakeup.clear()
+            elif peer is not None and peer.owns(obj):
+                if peer.on_ready(obj):  # a peer's put (or retry, or expired lease)
+                    self.drained = False
+                    self.maybe_scheduled = True
             elif isinstance(obj, int):
                 self._exited(self.workers[obj])
             else:
@@ -284,11 +300,25 @@ class Dispatcher(threading.Thread):
             if w.process.sentinel in self.workers and w.task is not None and w.deadline <= now:
                 self._timed_out(w)
         self._settle()
+        if peer is not None:
+            self._peer_results(peer)
         return True
+
+    def _peer_results(self, peer: PeerLink) -> None:
+        local = {t.token.id for w in self.workers.values() for t in w.tasks}
+        local.update(t.token.id for t in self.leased)
+        try:
+            peer.check(local)
+        except StoreError as exc:
+            self._store_failed(exc)
 
     def _has_work(self) -> bool:
         if self.cancel or self.retry_at:
             return False
+        if self.peer is not None:
+            # Peers keep serving the store: stopping waits only for this executor's own
+            # futures (run here or by a peer).
+            return bool(self.leased) or bool(self.peer.awaited())
         return bool(self.leased) or self.store.has_ready(self.clock.time())
 
     # -- handing out tasks --------------------------------------------------------------------
@@ -328,7 +358,8 @@ class Dispatcher(threading.Thread):
         if want > 0 and self.drained and not self.maybe_scheduled:
             want = 0  # the last lease came up short and nothing was put or came due since
         if want > 0:
-            ahead = LEASE_AHEAD if self.depth > 1 else 0
+            # Peers share the store: none takes tasks it has no free worker for.
+            ahead = LEASE_AHEAD if self.depth > 1 and self.peer is None else 0
             try:
                 asked = max(want, ahead)
                 self.looked_at = self.clock.time()
@@ -336,7 +367,7 @@ class Dispatcher(threading.Thread):
                     expired = self.store.tick(self.looked_at)
                     if expired:
                         self.resolve([(i, encode_error(TaskExpired(i))) for i in expired])
-                got = self.store.lease(self.pool, asked, now=self.looked_at, ttl=LEASE_TTL)
+                got = self.store.lease(self.pool, asked, now=self.looked_at, ttl=self.lease_ttl)
                 self.leased += got
                 self.drained = len(got) < asked
             except StoreError as exc:
@@ -368,7 +399,7 @@ class Dispatcher(threading.Thread):
                 expired = self.store.tick(now)
                 if expired:
                     self.resolve([(i, encode_error(TaskExpired(i))) for i in expired])
-            high = self.store.lease(self.pool, n, now=now, ttl=LEASE_TTL, max_priority=band)
+            high = self.store.lease(self.pool, n, now=now, ttl=self.lease_ttl, max_priority=band)
         except StoreError as exc:
             self._store_failed(exc)
             return 0

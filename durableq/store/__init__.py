@@ -174,6 +174,30 @@ from ._postgres import PostgresStore  # noqa: E402
 from ._rabbitmq import RabbitMQStore  # noqa: E402
 from ._redis import RedisStore  # noqa: E402
 
+#: URL schemes ``open_store`` knows, and the store each opens.
+SCHEMES: dict[str, type[RedisStore] | type[PostgresStore] | type[RabbitMQStore]] = {
+    "redis": RedisStore, "rediss": RedisStore,
+    "postgresql": PostgresStore, "postgres": PostgresStore,
+    "amqp": RabbitMQStore, "amqps": RabbitMQStore,
+}
+
+
+def open_store(url: str, *, name: str = "durableq") -> Store:
+    """The server store a URL names: ``redis://`` or ``rediss://`` -> ``RedisStore``,
+    ``postgresql://`` or ``postgres://`` -> ``PostgresStore``, ``amqp://`` or ``amqps://``
+    -> ``RabbitMQStore``, holding the queue ``name``.
+
+    Raises:
+        ValueError: the URL has another scheme (a directory is not a URL: use ``path=``).
+    """
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    store_class = SCHEMES.get(scheme)
+    if store_class is None:
+        known = ", ".join(f"{s}://" for s in SCHEMES)
+        raise ValueError(f"not a store URL: {url.split('@')[-1]!r}; use one of {known}")
+    return store_class(url, name=name)
+
+
 __all__ = [
     "CommandCounts",
     "CommandRow",
@@ -185,4 +209,5 @@ __all__ = [
     "RabbitMQStore",
     "RedisStore",
     "Store",
+    "open_store",
 ]

@@ -69,6 +69,11 @@ def channel(*parts: str) -> str:
     return "dq_" + hashlib.blake2b("\0".join(parts).encode(), digest_size=12).hexdigest()
 
 
+def results_channel(queue: str) -> str:
+    """The channel notified when results of ``queue`` are kept (``watch_results``)."""
+    return channel("\0results", queue)
+
+
 def _record(row: Sequence[Any], now: float) -> Record:
     id_, st, pr, due, at, cr, fi, dl, ex, lt, p = row
     state = State(st)
@@ -318,6 +323,7 @@ class PostgresStore(PostgresCommands):
                 "INSERT INTO durableq_result VALUES (%s, %s, %s) ON CONFLICT (queue, id) "
                 "DO UPDATE SET result = excluded.result", rows,
             )
+        con.execute("SELECT pg_notify(%s, '')", (results_channel(self.name),))
 
     def _settle(self, tokens: Sequence[LeaseToken], state: State,
                 results: Sequence[bytes] | None) -> int:
@@ -640,6 +646,10 @@ class PostgresStore(PostgresCommands):
     def watch_puts(self) -> PostgresPutWatch:
         """A ``LISTEN`` that wakes whoever waits on it when messages become ready."""
         return PostgresPutWatch(self)
+
+    def watch_results(self) -> PostgresPutWatch:
+        """A ``LISTEN`` that wakes whoever waits on it when results are kept."""
+        return PostgresPutWatch(self, results=True)
 
     def drop(self) -> None:
         """Delete every row of this queue (messages, commands, logs). Irreversible."""

@@ -1,7 +1,9 @@
 """Wakeups for a server store's peers: a commit anywhere wakes every peer's dispatcher.
 
 ``RedisStore`` publishes on ``P..'put'`` and ``PostgresStore`` notifies its queue's channel
-whenever messages become ready (put, requeue, retry, revive). A ``PutWatch`` is one
+whenever messages become ready (put, requeue, retry, revive); both also publish on a
+second channel (``P..'done'``, ``results_channel``) whenever results are kept, which an
+executor awaiting tasks its peers run watches (``watch_results``). A ``PutWatch`` is one
 subscription, on a connection of its own, that the dispatcher adds to the objects it
 blocks on (``fileno()``): no polling. While the server is unreachable the watch has no
 descriptor (``fileno()`` is -1) and tries again at most once a second; meanwhile the
@@ -71,9 +73,9 @@ class PutWatch:
 
 
 class RedisPutWatch(PutWatch):
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, topic: str = "put") -> None:
         super().__init__()
-        self._store, self._channel = store, store.prefix + "put"
+        self._store, self._channel = store, store.prefix + topic
 
     def _connect(self) -> Any:
         pubsub = self._store.redis().pubsub()  # type: ignore[no-untyped-call]
@@ -97,15 +99,16 @@ class RedisPutWatch(PutWatch):
 
 
 class PostgresPutWatch(PutWatch):
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, store: PostgresStore, results: bool = False) -> None:
         super().__init__()
-        self._store = store
+        self._store, self._results = store, results
 
     def _connect(self) -> Any:
-        from ._postgres import channel
+        from ._postgres import channel, results_channel
 
+        name = self._store.name
         con = self._store.connect()
-        con.execute(f'LISTEN "{channel(self._store.name)}"')
+        con.execute(f'LISTEN "{results_channel(name) if self._results else channel(name)}"')
         return con
 
     def _fd(self) -> int:

@@ -35,7 +35,7 @@ from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Rec
 from ._commandstore import CommandCounts, CommandRow, CommandWatch, holder_alive
 from ._rabbitmq_events import Replica, attempt_out, pack, tokens_out
 from ._rabbitmq_log import EventLog, import_pika
-from ._rabbitmq_watch import WAKING, LogWatch, RabbitMQOwnerLock
+from ._rabbitmq_watch import SETTLING, WAKING, LogWatch, RabbitMQOwnerLock
 from ._server import check_options, check_payloads
 
 
@@ -72,6 +72,7 @@ class RabbitMQStore:
         self._waiting: dict[str, tuple[bool, Any] | None] = {}
         self._synced = False
         self._watches: set[LogWatch] = set()
+        self._result_watches: set[LogWatch] = set()
         self._watch_lock = threading.Lock()
         self._log = EventLog(self.url, f"durableq.{self.name}.log", timeout=self.timeout,
                              apply=self._on_event, thread_name=f"durableq-rabbitmq-{self.name}")
@@ -93,9 +94,11 @@ class RabbitMQStore:
             request, raised, outcome, verb = self._replica.apply(body)
         except Exception:
             return  # not an event of this format: every replica skips it alike
-        if verb in WAKING and self._watches:
+        watches = (self._watches if verb in WAKING else set()) | (
+            self._result_watches if verb in SETTLING else set())
+        if watches:
             with self._watch_lock:
-                for watch in self._watches:
+                for watch in watches:
                     watch.wake()
         with self._done:
             if request in self._waiting:
@@ -366,6 +369,12 @@ class RabbitMQStore:
         messages ready (this process's follower applied it)."""
         self._current()
         return LogWatch(self._watches, self._watch_lock)
+
+    def watch_results(self) -> LogWatch:
+        """A pipe that wakes whoever waits on it when any peer's event may have kept
+        results (ack, nack, fail)."""
+        self._current()
+        return LogWatch(self._result_watches, self._watch_lock)
 
     # -- lifetime ------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 - ``LogWatch``: the store's follower thread applies every peer's events; when one may have
   made messages ready (put, nack, retry, revive, tick) it writes a byte to each watch's
-  pipe, which the dispatcher blocks on beside its other descriptors: no polling.
+  pipe, which the dispatcher blocks on beside its other descriptors: no polling. Result
+  watches (``watch_results``) are woken likewise by ack, nack and fail.
 - ``RabbitMQOwnerLock`` (``Queue(exclusive=True)``): an *exclusive* queue
   ``durableq.<name>.owner`` declared on a connection of its own. RabbitMQ lets one
   connection at a time hold an exclusive queue of a name (others get RESOURCE_LOCKED) and
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 WAIT_RETRY_S: Final = 0.5
 #: Events after which messages may have become ready.
 WAKING: Final = frozenset({"put", "nack", "fail", "revive", "tick", "requeue_expired"})
+#: Events after which results may have been kept (``watch_results``).
+SETTLING: Final = frozenset({"ack", "nack", "fail"})
 
 
 class LogWatch:

@@ -424,6 +424,10 @@ class RedisStore(RedisCommands):
         """A subscription that wakes whoever waits on it when messages become ready."""
         return RedisPutWatch(self)
 
+    def watch_results(self) -> RedisPutWatch:
+        """A subscription that wakes whoever waits on it when results are kept."""
+        return RedisPutWatch(self, "done")
+
     def drop(self) -> None:
         """Delete every key of this queue (messages, commands, counters). For tests and
         for retiring a queue; irreversible."""

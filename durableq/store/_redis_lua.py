@@ -23,8 +23,10 @@ local P = ARGV[1]
 local function mkey(m) return P .. 'm:' .. m end
 local function pad(id) return string.format('%020d', id) end
 local released = 0
+local kept = 0
 local function wake_peers()
   if released > 0 then redis.call('PUBLISH', P .. 'put', released) end
+  if kept > 0 then redis.call('PUBLISH', P .. 'done', kept) end
 end
 local function release(m)
   released = released + 1
@@ -187,7 +189,10 @@ for i = 9, #ARGV, step do
   local m = pad(tonumber(ARGV[i]))
   if leased(m, ARGV[i + 1]) then
     if mode == 0 then release(m) else finish(m, mode, now, keep) end
-    if with then redis.call('HSET', P .. 'results', ARGV[i], ARGV[i + 2]) end
+    if with then
+      redis.call('HSET', P .. 'results', ARGV[i], ARGV[i + 2])
+      kept = kept + 1
+    end
     applied = applied + 1
   end
 end
@@ -216,7 +221,10 @@ for i = 7, #ARGV, 9 do
     else
       finish(m, 6, now, keep)
       local result = ARGV[i + 7]
-      if result ~= '' then redis.call('HSET', P .. 'results', id, string.sub(result, 2)) end
+      if result ~= '' then
+        redis.call('HSET', P .. 'results', id, string.sub(result, 2))
+        kept = kept + 1
+      end
     end
     if ARGV[i + 8] ~= '' then redis.call('RPUSH', P .. 'failures', ARGV[i + 8]) end
     out[#out + 1] = 1

@@ -1,0 +1,124 @@
+"""An executor on a server store is one peer among many: what its dispatcher adds.
+
+Every executor (or ``durableq worker --store``) opened on the same Redis, PostgreSQL or
+RabbitMQ store leases from one set of tasks. Three things differ from an executor that
+owns its store:
+
+- **Leases expire.** Each is taken for ``visibility_timeout`` seconds: a peer whose host
+  died frees its tasks for the others after that long (its own dispatcher still kills a
+  task at its ``timeout``). No task is leased ahead of a free worker, so peers share.
+- **Peers' puts wake it.** The store's put watch (``watch_puts``) joins the descriptors
+  the dispatcher blocks on; an idle dispatcher also looks again every ``SAFETY_CHECK``
+  seconds, for a notification lost while the server was unreachable.
+- **Peers' results resolve its futures.** A task submitted here may run on any host; its
+  outcome is kept in the store with the ack. The store's result watch
+  (``watch_results``) wakes the dispatcher, which reads the results of the tasks its
+  futures await (``Store.results_of``) at most every ``RESULT_GAP`` seconds while results
+  flow, and every ``RESULT_RECHECK`` seconds while any future waits, so a notification
+  lost while the server was unreachable costs latency, never a future. Nothing awaited:
+  no timer, and an idle executor uses no CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from .store import Store
+
+#: Seconds an idle dispatcher sleeps at most without looking at a peer store: a put whose
+#: notification was lost (server unreachable meanwhile) waits no longer than this.
+SAFETY_CHECK: Final = 5.0
+#: Seconds between two reads of awaited results while peers keep finishing tasks: one
+#: read then covers many acks (a read names every awaited id).
+RESULT_GAP: Final = 0.05
+#: Seconds between reads of awaited results with no notification at all.
+RESULT_RECHECK: Final = 2.0
+#: A watch without a descriptor (server unreachable) is retried this often.
+WATCH_RETRY: Final = 1.0
+
+
+class PeerLink:
+    """The watches and timers of one dispatcher on a peer store.
+
+    Args:
+        store: the server store (``store.peers`` is True).
+        awaited: the ids of tasks whose futures wait here (called from the dispatcher).
+        resolve: hands ``[(task id, outcome)]`` found in the store to those futures.
+        visibility_timeout: seconds each lease lasts in the store.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        awaited: Callable[[], list[int]],
+        resolve: Callable[[list[tuple[int, bytes]]], None],
+        visibility_timeout: float,
+    ) -> None:
+        self.store = store
+        self.awaited = awaited
+        self.resolve = resolve
+        self.lease_ttl = visibility_timeout
+        self.puts: Any = _watch(store, "watch_puts")
+        self.results: Any = _watch(store, "watch_results")
+        self.results_due = True  # at start: recovered() futures may be done already
+        self.checked_at = -float("inf")
+        self.waiting = False  # futures were awaited at the last check
+
+    def waitables(self) -> list[Any]:
+        # Drained even when nothing is awaited: an unread subscription backs up in the server.
+        return [w for w in (self.puts, self.results) if w is not None and w.fileno() >= 0]
+
+    def deadline(self, idle: bool) -> float:
+        """The monotonic time of the next look this link needs (``inf``: none)."""
+        now = time.monotonic()
+        at = now + SAFETY_CHECK if idle else float("inf")
+        if any(w is not None and w.fileno() < 0 for w in (self.puts, self.results)):
+            at = min(at, now + WATCH_RETRY)
+        if self.waiting or self.results_due:
+            gap = RESULT_GAP if self.results_due else RESULT_RECHECK
+            at = min(at, self.checked_at + gap)
+        return at
+
+    def on_ready(self, obj: Any) -> bool:
+        """Drain ``obj`` if it is one of this link's watches; True for a put (look for
+        tasks), False otherwise."""
+        if obj is self.results:
+            obj.drain()
+            self.results_due = True
+            return False
+        if obj is self.puts:
+            obj.drain()
+            return True
+        return False
+
+    def owns(self, obj: Any) -> bool:
+        return obj is self.puts or obj is self.results
+
+    def check(self, local: set[int]) -> None:
+        """Resolve awaited futures whose results peers stored, when a look is due (tasks
+        this dispatcher runs itself, ``local``, are not looked for)."""
+        now = time.monotonic()
+        gap = RESULT_GAP if self.results_due else RESULT_RECHECK
+        if now < self.checked_at + gap:
+            return
+        ids = [i for i in self.awaited() if i not in local]
+        self.waiting = bool(ids)
+        self.results_due = False
+        self.checked_at = now
+        if ids:
+            found = self.store.results_of(ids)
+            if found:
+                self.resolve(sorted(found.items()))
+
+    def close(self) -> None:
+        for watch in (self.puts, self.results):
+            if watch is not None:
+                watch.close()
+
+
+def _watch(store: Store, name: str) -> Any:
+    make = getattr(store, name, None)
+    return make() if make is not None else None

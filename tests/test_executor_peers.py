@@ -1,0 +1,204 @@
+"""``Executor(store=server_store)`` and ``durableq worker --store URL``: executors in
+separate processes share one server store's tasks, each one's futures resolve whoever ran
+them, a peer SIGKILLed mid-task loses nothing, and the service stops cleanly on SIGTERM.
+Tasks are counted by id."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import durableq
+from durableq._cli import main
+
+from .conftest import TIMEOUT
+from .server_store_cases import fresh
+from .test_cli_worker import eventually
+
+FORK = multiprocessing.get_context("fork")
+
+TASKS = '''
+import os, time
+
+def square(x):
+    return x * x, os.getpid()
+
+def once(marker, x):
+    """The first run announces itself and hangs (to be killed); a later run returns."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(60)
+    return x
+'''
+
+STORES = {"redis": durableq.RedisStore, "postgres": durableq.PostgresStore,
+          "rabbitmq": durableq.RabbitMQStore}
+
+
+@pytest.fixture
+def mods(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "peer_tasks.py").write_text(TASKS)
+    sys.path.insert(0, str(tmp_path / "mods"))
+    yield tmp_path / "mods"
+    sys.path.remove(str(tmp_path / "mods"))
+    sys.modules.pop("peer_tasks", None)
+
+
+def _url(request: pytest.FixtureRequest, kind: str) -> str:
+    return str(request.getfixturevalue(f"{kind}_server").url)
+
+
+def _peer(kind: str, url: str, name: str, first: int, n: int, conn: Any) -> None:
+    """Another host: an executor with two workers that submits tasks of its own and runs
+    whatever the store holds until told to stop."""
+    from peer_tasks import square  # type: ignore[import-not-found]
+
+    with durableq.Executor(2, store=STORES[kind](url, name=name), mp_context=FORK) as ex:
+        fs = [ex.submit(square, i) for i in range(first, first + n)]
+        conn.send({f.task_id: f.result(TIMEOUT)[0] for f in fs})
+        conn.poll(TIMEOUT)  # serve the other executor's tasks until it has its results
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+def test_executors_in_two_processes_share_one_store_and_every_future_resolves(
+    request: pytest.FixtureRequest, mods: Path, kind: str
+) -> None:
+    from peer_tasks import square
+
+    url, n = _url(request, kind), 20
+    store = fresh(STORES[kind], url)
+    # No workers here: every task of this executor runs on the peer, yet its futures resolve.
+    ex = durableq.Executor(0, store=store)
+    mine = [ex.submit(square, i) for i in range(n)]
+    here, there = FORK.Pipe()
+    peer = FORK.Process(target=_peer, args=(kind, url, store.name, 100, n, there))
+    peer.start()
+    got = {f.task_id: f.result(TIMEOUT) for f in mine}
+    assert len(got) == n
+    assert [got[f.task_id][0] for f in mine] == [i * i for i in range(n)]
+    assert os.getpid() not in {pid for _, pid in got.values()}
+    assert here.poll(TIMEOUT)
+    theirs = here.recv()
+    assert sorted(theirs.values()) == [i * i for i in range(100, 100 + n)]
+    assert set(theirs).isdisjoint(got), "two tasks shared an id"
+    here.send("done")
+    peer.join(TIMEOUT)
+    assert peer.exitcode == 0
+    ex.shutdown()
+    check = STORES[kind](url, name=store.name)
+    counts = check.counts()
+    assert (counts.acked_total, counts.ready, counts.in_flight) == (2 * n, 0, 0)
+    assert check.results_of(list(got) + list(theirs)) == {}, "delivered results are forgotten"
+    check.drop()
+    check.close()
+
+
+def _worker(url: str, name: str, mods: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "durableq", "worker", "--store", url, "--name", name, "-n", "1",
+         "--visibility-timeout", "1", "--import-path", str(mods)],
+        stderr=subprocess.PIPE, start_new_session=True,
+    )
+
+
+def test_a_worker_service_killed_mid_task_leaves_it_to_the_next_which_stops_on_sigterm(
+    redis_server: Any, mods: Path, tmp_path: Path
+) -> None:
+    from peer_tasks import once, square
+
+    store = fresh(durableq.RedisStore, redis_server.url)
+    ex = durableq.Executor(0, store=store)
+    marker = tmp_path / "started"
+    first = ex.submit(once, str(marker), 7)  # the lowest id: the first service takes it
+    rest = [ex.submit(square, i) for i in range(10)]
+    killed = _worker(redis_server.url, store.name, mods)
+    try:
+        eventually(marker.exists, "the first service to start the task")
+        os.killpg(killed.pid, signal.SIGKILL)  # the service and its worker: a host lost
+        killed.wait(TIMEOUT)
+    finally:
+        killed.kill()
+        killed.wait()
+        assert killed.stderr is not None
+        killed.stderr.close()
+    survivor = _worker(redis_server.url, store.name, mods)
+    try:
+        # Its lease expires after the 1 s visibility timeout: the survivor runs it again.
+        assert first.result(TIMEOUT) == 7
+        got = {f.task_id: f.result(TIMEOUT)[0] for f in rest}
+        assert sorted(got.values()) == [i * i for i in range(10)]
+        assert len(got) == 10 and first.task_id not in got
+        survivor.send_signal(signal.SIGTERM)
+        assert survivor.wait(TIMEOUT) == 0
+        assert survivor.stderr is not None
+        assert b"stopped" in survivor.stderr.read()
+    finally:
+        survivor.kill()
+        survivor.wait()
+        assert survivor.stderr is not None
+        survivor.stderr.close()
+    ex.shutdown()
+    check = durableq.RedisStore(redis_server.url, name=store.name)
+    counts = check.counts()
+    check.close()
+    assert (counts.acked_total, counts.ready, counts.in_flight) == (11, 0, 0)
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgres", "rabbitmq"])
+def test_the_result_watch_wakes_on_a_peers_kept_result(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    store = fresh(STORES[kind], _url(request, kind))
+    watch = store.watch_results()
+    try:
+        eventually(lambda: watch.fileno() >= 0, "the subscription")
+        store.put_many([b"x"])
+        (task,) = store.lease("me", 1, now=time.time(), ttl=30)
+        assert store.ack([task.token], results=[b"r"]) == 1
+        assert select.select([watch], [], [], TIMEOUT)[0] == [watch]
+        watch.drain()
+        assert store.results_of([task.token.id]) == {task.token.id: b"r"}
+    finally:
+        watch.close()
+        store.drop()
+        store.close()
+
+
+def test_store_is_checked_and_exclusive_of_path(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="path= or store="):
+        durableq.Executor(1, path=tmp_path / "q", store=durableq.MemoryStore())
+    with pytest.raises(TypeError, match=r"durableq\.Store"):
+        durableq.Executor(1, store=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="0 only with a server store"):
+        durableq.Executor(0)
+    with pytest.raises(ValueError, match="visibility_timeout"):
+        durableq.Executor(1, store=durableq.MemoryStore(), visibility_timeout=0)
+    with pytest.raises(ValueError, match="redis://"):
+        durableq.open_store("sqlite:///tmp/x")
+    with pytest.raises(ValueError, match="exactly one"):
+        durableq.WorkerService(tmp_path / "q", store=durableq.MemoryStore())
+
+
+def test_an_executor_on_a_store_it_owns_runs_as_with_a_path() -> None:
+    with durableq.Executor(1, store=durableq.MemoryStore()) as ex:
+        assert list(ex.map(abs, [-1, -2])) == [1, 2]
+
+
+def test_worker_takes_a_path_or_a_store_url_exactly_one(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args in ([], [str(tmp_path / "q"), "--store", "redis://h/0"],
+                 ["--store", "sqlite:///x"], [str(tmp_path / "q"), "--name", "jobs"]):
+        result = runner.invoke(main, ["worker", *args])
+        assert result.exit_code == 2, (args, result.output)
