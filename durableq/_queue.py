@@ -286,8 +286,13 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
                 if store is None:
                     raise
                 # No owner to group with: commit alone (it is durable either way).
+        # A store that can commit without reading the ids back saves that wait (RabbitMQ).
+        put_quiet = getattr(store, "put_quiet", None)
         try:
-            store.put_many(payloads, **timing._asdict())
+            if put_quiet is not None:
+                put_quiet(payloads, **timing._asdict())
+            else:
+                store.put_many(payloads, **timing._asdict())
         except StoreError as exc:
             self._note_fault(Fault("store-failed", time.time(), str(exc)))
             raise

@@ -141,6 +141,19 @@ def test_a_killed_exclusive_owners_lock_is_gone_with_its_connection(rabbitmq_url
     q.close()
 
 
+def test_a_quiet_put_is_confirmed_without_following_and_read_by_the_next_lease(
+    rabbitmq_url: str,
+) -> None:
+    s = fresh(rabbitmq_url)
+    s.put_quiet([b"a", b"b"])
+    assert s._log._follower is None  # a process that only produces does not follow the log
+    s.put_quiet([b"c"])
+    assert [x.payload for x in s.lease("me", 5, now=1e12, ttl=30)] == [b"a", b"b", b"c"]
+    s.put_quiet([b"d"], priority=durableq.Priority.HIGH)
+    assert s.has_ready(1e12) and s.counts().put_total == 4
+    s.close()
+
+
 def test_a_new_process_rebuilds_the_state_from_the_log(rabbitmq_url: str) -> None:
     first = fresh(rabbitmq_url)
     first.put_many([b"a", b"b", b"c"])

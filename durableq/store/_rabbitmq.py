@@ -71,6 +71,9 @@ class RabbitMQStore:
         self._done = threading.Condition()
         self._waiting: dict[str, tuple[bool, Any] | None] = {}
         self._synced = False
+        #: Puts this process appended without reading them back (``put_quiet``), and how
+        #: many of them a read-back event has since passed: reads wait until they did.
+        self._quiet = self._quiet_read = 0
         self._watches: set[LogWatch] = set()
         self._result_watches: set[LogWatch] = set()
         self._watch_lock = threading.Lock()
@@ -113,6 +116,7 @@ class RabbitMQStore:
         request = uuid.uuid4().hex
         with self._done:
             self._waiting[request] = None
+            quiet = self._quiet  # confirmed before this event is appended: applied before it
         try:
             self._log.append(pack(request, self.clock.time(), verb, args), verb)
             deadline = time.monotonic() + self.timeout
@@ -130,6 +134,8 @@ class RabbitMQStore:
             with self._done:
                 self._waiting.pop(request, None)
         self._synced = True
+        with self._done:
+            self._quiet_read = max(self._quiet_read, quiet)
         raised, value = outcome
         if raised:
             raise value
@@ -137,7 +143,7 @@ class RabbitMQStore:
 
     def _current(self) -> Replica:
         """The replica, caught up with the log at least once in this process."""
-        if not self._synced or self._pid != os.getpid():
+        if not self._synced or self._quiet_read < self._quiet or self._pid != os.getpid():
             self._request("sync", {})
         return self._replica
 
@@ -175,6 +181,32 @@ class RabbitMQStore:
             "deadline": deadline, "bump": bump, "expires": expires,
         })
         return ids
+
+    def put_quiet(
+        self,
+        payloads: Sequence[bytes],
+        *,
+        priority: int = Priority.MEDIUM,
+        due: float = 0.0,
+        deadline: float | None = None,
+        bump: float | None = None,
+        expires: float | None = None,
+    ) -> None:
+        """``put_many`` for a caller that needs no ids (``Queue.put``): returns once the
+        broker confirmed the event, without waiting for this process to read it back. So
+        a process that only produces neither follows the log nor waits for its own events
+        to come round; its next read or lease first catches up past them."""
+        if not payloads:
+            return
+        check_payloads(payloads)
+        if self._pid != os.getpid():
+            self._init_process_state()
+        self._log.append(pack(uuid.uuid4().hex, self.clock.time(), "put", {
+            "payloads": [bytes(p) for p in payloads], "priority": int(priority), "due": due,
+            "deadline": deadline, "bump": bump, "expires": expires,
+        }), "put")
+        with self._done:
+            self._quiet += 1
 
     def lease(
         self, owner: str, n: int, *, now: float, ttl: float, max_priority: int = Priority.LOW

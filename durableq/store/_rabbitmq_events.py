@@ -11,6 +11,7 @@ process that applies the same log in the same order holds the same state.
 from __future__ import annotations
 
 import collections
+import heapq
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -99,6 +100,9 @@ class Replica(MemoryStore):
         self.event_clock = EventClock()
         self.clock = self.event_clock
         self._dead_holders: frozenset[int] = frozenset()
+        #: (deadline, id, attempt) of every lease taken, stale once settled: a heap, so
+        #: finding expired leases costs O(log n) however many records are kept.
+        self._deadlines: list[tuple[float, int, int]] = []
         self.applied: collections.OrderedDict[str, tuple[bool, Any]] = collections.OrderedDict()
         self._verbs: dict[str, Callable[[dict[str, Any]], Any]] = {
             "put": lambda a: self.put_many(
@@ -156,15 +160,41 @@ class Replica(MemoryStore):
     ) -> list[Leased]:
         """Also takes leases whose deadline passed, as the other server stores do."""
         self.requeue_expired(now)
-        return super().lease(owner, n, now=now, ttl=ttl, max_priority=max_priority)
+        leased = super().lease(owner, n, now=now, ttl=ttl, max_priority=max_priority)
+        with self._lock:
+            for x in leased:
+                heapq.heappush(self._deadlines, (now + ttl, x.token.id, x.token.attempt))
+        return leased
+
+    def _held(self, entry: tuple[float, int, int]) -> bool:
+        """Whether a deadline heap entry is a lease still held."""
+        rec = self._records.get(entry[1])
+        return (rec is not None and rec.state == State.IN_FLIGHT
+                and rec.attempts == entry[2] and rec.lease_expiry == entry[0])
+
+    def _earliest_lease(self) -> float | None:
+        """The earliest deadline of a lease still held (stale heap entries dropped)."""
+        heap = self._deadlines
+        while heap and not self._held(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def requeue_expired(self, now: float) -> int:
+        n = 0
+        with self._lock:
+            while (expiry := self._earliest_lease()) is not None and expiry < now:
+                _, id_, _ = heapq.heappop(self._deadlines)
+                self._release(self._records[id_])
+                n += 1
+        return n
 
     def leasable(self, now: float) -> bool:
         """Whether a lease at ``now`` could take anything (else it need not be logged)."""
         if self.has_ready(now):
             return True
         with self._lock:
-            return any(r.state == State.IN_FLIGHT and r.lease_expiry < now
-                       for r in self._records.values())
+            expiry = self._earliest_lease()
+            return expiry is not None and expiry < now
 
     def tick(self, now: float) -> list[int]:
         """Also returns to ready the leases whose deadline passed: a peer may have died
@@ -177,8 +207,11 @@ class Replica(MemoryStore):
         """Also just after the earliest lease deadline (``requeue_expired`` wants it passed)."""
         due = super().next_due(now)
         with self._lock:
-            deadlines = [r.lease_expiry + LEASE_SLACK for r in self._records.values()
-                         if r.state == State.IN_FLIGHT and r.lease_expiry + LEASE_SLACK > now]
+            expiry = self._earliest_lease()
+            if expiry is not None and expiry + LEASE_SLACK <= now:  # passed, not yet returned
+                expiry = min((x[0] for x in self._deadlines
+                              if x[0] + LEASE_SLACK > now and self._held(x)), default=None)
+        deadlines = [] if expiry is None else [expiry + LEASE_SLACK]
         return min([*deadlines, *([] if due is None else [due])], default=None)
 
     def _set_retention(self, a: dict[str, Any]) -> None:
