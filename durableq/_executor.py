@@ -583,7 +583,9 @@ class Executor(AdminMixin, futures.Executor):
     def recovered(self) -> dict[int, TaskFuture]:
         """Futures for the tasks an earlier run at this ``path`` submitted and did not see
         through: finished ones hold their result (or exception), the rest resolve as they
-        run here. Their results are dropped from the store at a clean shutdown."""
+        run here. Their results are dropped from the store at a clean shutdown. With a
+        server store: every task stored before this executor opened whose result nobody
+        collected, whoever submitted it; unfinished ones resolve whichever peer runs them."""
         state = self._state
         with state.lock:
             if self._recovered is None:
