@@ -13,8 +13,9 @@ owns its store:
 - **Peers' results resolve its futures.** A task submitted here may run on any host; its
   outcome is kept in the store with the ack. The store's result watch
   (``watch_results``) wakes the dispatcher, which reads the results of the tasks its
-  futures await (``Store.results_of``) at most every ``RESULT_GAP`` seconds while results
-  flow, and every ``RESULT_RECHECK`` seconds while any future waits, so a notification
+  futures await (``Store.results_of``): at once for a few, at most every ``RESULT_GAP``
+  seconds for ``RESULT_BATCH`` or more (each read names every awaited id), and every
+  ``RESULT_RECHECK`` seconds while any future waits, so a notification
   lost while the server was unreachable costs latency, never a future. Nothing awaited:
   no timer, and an idle executor uses no CPU.
 """
@@ -30,9 +31,12 @@ from .store import Store
 #: Seconds an idle dispatcher sleeps at most without looking at a peer store: a put whose
 #: notification was lost (server unreachable meanwhile) waits no longer than this.
 SAFETY_CHECK: Final = 5.0
-#: Seconds between two reads of awaited results while peers keep finishing tasks: one
-#: read then covers many acks (a read names every awaited id).
+#: Seconds between two reads of awaited results while peers keep finishing tasks, when
+#: ``RESULT_BATCH`` or more are awaited: one read then covers many acks. Fewer awaited,
+#: a shorter gap: a read's cost grows with the ids it names, and one awaited result is
+#: read as soon as it is announced.
 RESULT_GAP: Final = 0.05
+RESULT_BATCH: Final = 1000
 #: Seconds between reads of awaited results with no notification at all.
 RESULT_RECHECK: Final = 2.0
 #: A watch without a descriptor (server unreachable) is retried this often.
@@ -65,7 +69,7 @@ class PeerLink:
         self.results: Any = _watch(store, "watch_results")
         self.results_due = True  # at start: recovered() futures may be done already
         self.checked_at = -float("inf")
-        self.waiting = False  # futures were awaited at the last check
+        self.waiting = 0  # futures awaited (not run here) at the last check
 
     def waitables(self) -> list[Any]:
         # Drained even when nothing is awaited: an unread subscription backs up in the server.
@@ -78,9 +82,13 @@ class PeerLink:
         if any(w is not None and w.fileno() < 0 for w in (self.puts, self.results)):
             at = min(at, now + WATCH_RETRY)
         if self.waiting or self.results_due:
-            gap = RESULT_GAP if self.results_due else RESULT_RECHECK
-            at = min(at, self.checked_at + gap)
+            at = min(at, self.checked_at + self._gap())
         return at
+
+    def _gap(self) -> float:
+        if not self.results_due:
+            return RESULT_RECHECK
+        return RESULT_GAP * min(1.0, self.waiting / RESULT_BATCH)
 
     def on_ready(self, obj: Any) -> bool:
         """Drain ``obj`` if it is one of this link's watches; True for a put (look for
@@ -101,11 +109,10 @@ class PeerLink:
         """Resolve awaited futures whose results peers stored, when a look is due (tasks
         this dispatcher runs itself, ``local``, are not looked for)."""
         now = time.monotonic()
-        gap = RESULT_GAP if self.results_due else RESULT_RECHECK
-        if now < self.checked_at + gap:
+        if now < self.checked_at + self._gap():
             return
         ids = [i for i in self.awaited() if i not in local]
-        self.waiting = bool(ids)
+        self.waiting = len(ids)
         self.results_due = False
         self.checked_at = now
         if ids:
