@@ -1,9 +1,15 @@
-"""A self-pipe that wakes a thread blocked in ``multiprocessing.connection.wait``."""
+"""A self-pipe that wakes a thread blocked in ``multiprocessing.connection.wait``, and a
+``wait`` that keeps its poll object from one call to the next."""
 
 from __future__ import annotations
 
 import os
+import select
 import threading
+from collections.abc import Sequence
+from typing import Any
+
+_READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
 class Wakeup:
@@ -40,3 +46,39 @@ class Wakeup:
                 os.close(self._r)
                 os.close(self._w)
                 self._w = -1
+
+
+class Waiter:
+    """``multiprocessing.connection.wait`` for a loop that waits on the same objects round
+    after round: the poll object is built again only when the objects change, where
+    ``wait`` builds and fills a selector on every call (a dispatcher's round costs more in
+    that than in anything else it does for a short task).
+
+    Objects are file descriptors (ints: process sentinels) or have ``fileno()``.
+    """
+
+    def __init__(self) -> None:
+        self._objects: tuple[Any, ...] = ()
+        self._poll = select.poll()
+        self._by_fd: dict[int, Any] = {}
+
+    def wait(self, objects: Sequence[Any], timeout: float | None) -> list[Any]:
+        """The objects ready to read (or closed), waiting up to ``timeout`` seconds."""
+        key = tuple(objects)
+        if key != self._objects:
+            poll = select.poll()
+            by_fd = {}
+            for obj in key:
+                fd = obj if isinstance(obj, int) else obj.fileno()
+                poll.register(fd, select.POLLIN | select.POLLPRI)
+                by_fd[fd] = obj
+            self._objects, self._poll, self._by_fd = key, poll, by_fd
+        events = self._poll.poll(None if timeout is None else max(0.0, timeout) * 1000)
+        return [self._by_fd[fd] for fd, flags in events if flags & _READY]
+
+
+def readable(fd: int) -> bool:
+    """Whether ``fd`` has data (or its end closed) right now, in one system call."""
+    poll = select.poll()
+    poll.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poll.poll(0))

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, Final
 
 from . import _worker
@@ -38,7 +38,7 @@ from ._peers import PeerLink
 from ._policy import CRASH, ERROR, TIMEOUT, FailedAttempt
 from ._records import Failure, Fault, Leased, LeaseToken
 from ._task import encode_error, error_of, header_of, timeout_of
-from ._wakeup import Wakeup
+from ._wakeup import Waiter, Wakeup, readable
 from .store import Store
 
 #: A lease outlives any task: the dispatcher itself notices dead workers and timeouts.
@@ -136,6 +136,7 @@ class Dispatcher(threading.Thread):
         self.lease_ttl = peer.lease_ttl if peer is not None else LEASE_TTL
         self.workers: dict[int, _Worker] = {}  # by sentinel
         self._wakeup = Wakeup()
+        self._waiter = Waiter()
         self.idle = False  # True while waiting with nothing to lease: producers wake us
         self.stopping = False  # shutdown asked: finish what the store holds, then exit
         self.killing = False  # kill_workers(): stop every worker now, charge no task
@@ -276,7 +277,7 @@ class Dispatcher(threading.Thread):
                 wait_s = max(0.0, due - self.clock.time())
                 deadline = min(deadline, time.monotonic() + wait_s)
         timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
-        ready: list[Any] = wait(waits, timeout)
+        ready: list[Any] = self._waiter.wait(waits, timeout)
         self.idle = False
         if not ready or self._wakeup in ready:
             self.drained = False  # a timer (a due task) or a wakeup: look at the store
@@ -301,14 +302,16 @@ class Dispatcher(threading.Thread):
                 self._timed_out(w)
         self._settle()
         if peer is not None:
-            self._peer_results(peer)
+            self._peer_round(peer)
         return True
 
-    def _peer_results(self, peer: PeerLink) -> None:
-        local = {t.token.id for w in self.workers.values() for t in w.tasks}
-        local.update(t.token.id for t in self.leased)
+    def _peer_round(self, peer: PeerLink) -> None:
+        """Renew the leases held here; resolve futures whose tasks peers finished."""
+        held = [t.token for w in self.workers.values() for t in w.tasks]
+        held += [t.token for t in self.leased]
         try:
-            peer.check(local)
+            peer.renew(held, self.clock.time())
+            peer.check({t.id for t in held})
         except StoreError as exc:
             self._store_failed(exc)
 
@@ -431,9 +434,10 @@ class Dispatcher(threading.Thread):
         if w is None:
             return  # already handled as exited this round
         try:
-            while conn.poll():
-                frame = conn.recv_bytes()
-                self._outcome(w, frame)
+            while True:  # wait() found it ready: a frame, or the end of a dead worker's pipe
+                self._outcome(w, conn.recv_bytes())
+                if not readable(conn.fileno()):
+                    break
         except (EOFError, OSError):
             pass  # it exited: the sentinel handles it
 

@@ -154,6 +154,40 @@ def test_a_quiet_put_is_confirmed_without_following_and_read_by_the_next_lease(
     s.close()
 
 
+def test_appends_of_concurrent_threads_share_one_message_and_confirm(rabbitmq_url: str) -> None:
+    import threading
+    import time
+
+    s = fresh(rabbitmq_url)
+    log, publish = s._log, s._log._publish
+    bodies: list[bytes] = []
+    release = threading.Event()
+
+    def held_publish(body: bytes, what: str) -> None:
+        bodies.append(body)
+        if len(bodies) == 1:
+            release.wait(TIMEOUT)  # the first group stays in flight while three more queue
+        publish(body, what)
+
+    log._publish = held_publish  # type: ignore[method-assign]
+    threads = [threading.Thread(target=s.put_quiet, args=([b"%d" % i],)) for i in range(4)]
+    threads[0].start()
+    deadline = time.monotonic() + TIMEOUT
+    while not bodies and time.monotonic() < deadline:
+        time.sleep(0.001)
+    for t in threads[1:]:
+        t.start()
+    while len(log._appends) < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release.set()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert len(bodies) == 2  # the first put alone, then the other three together
+    assert sorted(x.payload for x in s.lease("me", 9, now=1e12, ttl=30)) == [
+        b"0", b"1", b"2", b"3"]
+    s.close()
+
+
 def test_a_new_process_rebuilds_the_state_from_the_log(rabbitmq_url: str) -> None:
     first = fresh(rabbitmq_url)
     first.put_many([b"a", b"b", b"c"])

@@ -33,7 +33,7 @@ from .._errors import StoreError
 from .._policy import FailedAttempt, Retention, Verdict
 from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Record, State
 from ._commandstore import CommandCounts, CommandRow, CommandWatch, holder_alive
-from ._rabbitmq_events import Replica, attempt_out, pack, tokens_out
+from ._rabbitmq_events import Replica, attempt_out, pack, tokens_out, unpack
 from ._rabbitmq_log import EventLog, import_pika
 from ._rabbitmq_watch import SETTLING, WAKING, LogWatch, RabbitMQOwnerLock
 from ._server import check_options, check_payloads
@@ -94,18 +94,22 @@ class RabbitMQStore:
 
     def _on_event(self, offset: int, body: bytes) -> None:
         try:
-            request, raised, outcome, verb = self._replica.apply(body)
+            events = unpack(body)
         except Exception:
             return  # not an event of this format: every replica skips it alike
-        watches = (self._watches if verb in WAKING else set()) | (
-            self._result_watches if verb in SETTLING else set())
+        outcomes = [self._replica.apply(event) for event in events]
+        verbs = {verb for _, _, _, verb in outcomes}
+        watches = (self._watches if verbs & WAKING else set()) | (
+            self._result_watches if verbs & SETTLING else set())
         if watches:
             with self._watch_lock:
                 for watch in watches:
                     watch.wake()
         with self._done:
-            if request in self._waiting:
+            done = [o for o in outcomes if o[0] in self._waiting]
+            for request, raised, outcome, _ in done:
                 self._waiting[request] = (raised, outcome)
+            if done:
                 self._done.notify_all()
 
     def _request(self, verb: str, args: dict[str, Any]) -> Any:

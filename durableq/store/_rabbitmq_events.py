@@ -37,9 +37,20 @@ def pack(request: str, time: float, verb: str, args: dict[str, Any]) -> bytes:
     return body
 
 
-def unpack(body: bytes) -> tuple[str, float, str, dict[str, Any]]:
-    request, time, verb, args = msgpack.unpackb(body, raw=False)
-    return str(request), float(time), str(verb), dict(args)
+Event = tuple[str, float, str, dict[str, Any]]
+
+
+def unpack(body: bytes) -> list[Event]:
+    """The events of one message: one, or several appended together (``EventLog``'s group
+    commit concatenates packed events). Raises on anything else, before any is applied."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(body)
+    events = []
+    for request, time, verb, args in unpacker:
+        events.append((str(request), float(time), str(verb), dict(args)))
+    if not events:
+        raise ValueError("no event")
+    return events
 
 
 def tokens_out(tokens: Sequence[LeaseToken]) -> list[list[int]]:
@@ -137,15 +148,16 @@ class Replica(MemoryStore):
             "command_expire": lambda a: self.command_expire(a["now"]),
         }
 
-    def apply(self, body: bytes) -> tuple[str, bool, Any, str]:
+    def apply(self, event: Event) -> tuple[str, bool, Any, str]:
         """Apply one event; returns its request id, whether it raised, its outcome (the
         first application's, for an event seen again) and its verb."""
-        request, time, verb, args = unpack(body)
+        request, time, verb, args = event
         seen = self.applied.get(request)
         if seen is not None:
             return (request, *seen, verb)
         self.event_clock.t = time
-        self._rng.seed(request)
+        if verb == "fail":  # the one verb that draws (retry jitter)
+            self._rng.seed(request)
         try:
             outcome: tuple[bool, Any] = (False, self._verbs[verb](args))
         except Exception as exc:  # the requester re-raises it; every replica got the same

@@ -1,11 +1,14 @@
 """A RabbitMQ stream queue as a durable, totally ordered event log (pika).
 
 ``EventLog.append`` publishes one event with publisher confirms: it returns once the
-broker has written it. A follower thread consumes the stream from an offset, with manual
-acks (a stream's flow-control credit), and hands every event, in log order, to ``apply``;
-after a lost connection it reconnects with backoff and resumes at the next offset, so no
-event is skipped or applied twice. Appends retry with backoff for up to ``timeout``
-seconds while the broker is unreachable, then raise ``StoreError``.
+broker has written it. Appends of concurrent callers are committed together (group
+commit): while one publishes and waits for its confirm, the others queue their events,
+and the next of them publishes all of those as one message, under one confirm. A follower
+thread consumes the stream from an offset, with manual acks (a stream's flow-control
+credit), and hands every message, in log order, to ``apply``; after a lost connection it
+reconnects with backoff and resumes at the next offset, so no message is skipped or
+applied twice. Appends retry with backoff for up to ``timeout`` seconds while the broker
+is unreachable, then raise ``StoreError``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ log = logging.getLogger("durableq.rabbitmq")
 PREFETCH: Final = 2000
 #: Events acked at once: a stream's acks are only credit, so fewer of them cost less.
 ACK_EVERY: Final = 256
+#: At most this many bytes of queued events go in one message (one confirm).
+BATCH_BYTES: Final = 1 << 20
 #: Longest pause between two reconnect attempts.
 BACKOFF_CAP: Final = 0.5
 
@@ -53,6 +58,17 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, e.AMQPConnectionError | e.AMQPChannelError | OSError) and not _fatal(exc)
 
 
+class _Append:
+    """One caller's events waiting for a group commit, and how it ended."""
+
+    __slots__ = ("body", "done", "error")
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.done = False
+        self.error: BaseException | None = None
+
+
 class EventLog:
     """Append to and follow one durable stream queue named ``queue``.
 
@@ -71,6 +87,9 @@ class EventLog:
         self._apply = apply
         self._thread_name = thread_name
         self._lock = threading.Lock()  # the publishing connection is one thread's at a time
+        self._queued = threading.Condition()  # guards _appends and _leading
+        self._appends: list[_Append] = []  # waiting for the next group commit
+        self._leading = False  # a thread is publishing a group
         self._publisher: tuple[Any, Any] | None = None  # (connection, confirming channel)
         self._follower: threading.Thread | None = None
         self._consumer: tuple[Any, Any] | None = None
@@ -94,8 +113,39 @@ class EventLog:
     # -- appending -----------------------------------------------------------------------
 
     def append(self, body: bytes, what: str) -> None:
-        """Publish ``body`` and wait for the broker's confirm; retried across reconnects
-        (an event whose confirm was lost may be written twice: events carry request ids)."""
+        """Publish ``body`` (packed events) and wait for the broker's confirm, together with
+        the events other threads append meanwhile; retried across reconnects (an event
+        whose confirm was lost may be written twice: events carry request ids)."""
+        mine = _Append(body)
+        with self._queued:
+            self._appends.append(mine)
+            while self._leading and not mine.done:
+                self._queued.wait()
+            if mine.done:  # a leader committed it
+                if mine.error is not None:
+                    raise mine.error
+                return
+            self._leading = True
+            group: list[_Append] = []
+            size = 0
+            while self._appends and (not group or size + len(self._appends[0].body)
+                                     <= BATCH_BYTES):
+                group.append(self._appends.pop(0))
+                size += len(group[-1].body)
+        error: BaseException | None = None
+        try:
+            self._publish(b"".join(a.body for a in group), what)
+        except BaseException as exc:
+            error = exc
+        with self._queued:
+            for a in group:
+                a.done, a.error = True, error
+            self._leading = False
+            self._queued.notify_all()
+        if error is not None:
+            raise error
+
+    def _publish(self, body: bytes, what: str) -> None:
         pika = self._pika
         props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
         deadline = time.monotonic() + self.timeout
