@@ -27,9 +27,9 @@ from ._cli_common import DURATION, FAILED, handled
                    "rediss://, postgresql://, postgres://, amqp:// or amqps://.")
 @click.option("--name", default="durableq", show_default=True,
               help="With --store: the queue's name in the server.")
-@click.option("--visibility-timeout", type=DURATION, default=300.0, show_default=True,
-              help="With --store: seconds a lease lasts; a dead host's tasks run "
-                   "elsewhere after this long.")
+@click.option("--visibility-timeout", type=DURATION, default=60.0, show_default=True,
+              help="With --store: seconds a lease lasts unless renewed (every third of "
+                   "it while its task runs); a dead host's tasks run elsewhere within it.")
 @click.option("-w", "-n", "--workers", type=click.IntRange(1), default=None,
               help="Worker processes (default: one per CPU).")
 @click.option("--import-path", "import_paths", multiple=True, type=click.Path(exists=True),

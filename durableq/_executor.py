@@ -211,10 +211,9 @@ class Executor(AdminMixin, futures.Executor):
             runs the store's tasks with its own workers, and a future resolves whichever
             peer ran its task (README: "Many machines"). ``max_workers=0`` then submits
             and awaits only.
-        visibility_timeout: with a server store, seconds a lease lasts: the tasks of a
-            peer whose host died run elsewhere after this long, and a task still running
-            past it may run on a peer too (at-least-once): keep it above the longest task,
-            or set ``timeout``.
+        visibility_timeout: with a server store, seconds a lease lasts unless renewed:
+            this executor renews the leases of its running tasks every third of it, and
+            the tasks of a peer whose host died run elsewhere within this long.
         max_attempts: runs of a task whose worker dies, before its future raises
             ``WorkerCrashed``.
         timeout: seconds a task may run before its worker is killed (default: no limit).
@@ -256,7 +255,7 @@ class Executor(AdminMixin, futures.Executor):
         max_tasks_per_child: int | None = None,
         path: str | os.PathLike[str] | None = None,
         store: Store | None = None,
-        visibility_timeout: float = 300.0,
+        visibility_timeout: float = 60.0,
         max_attempts: int = 3,
         timeout: float | None = None,
         wait_for_owner: bool = False,

@@ -4,9 +4,11 @@ Every executor (or ``durableq worker --store``) opened on the same Redis, Postgr
 RabbitMQ store leases from one set of tasks. Three things differ from an executor that
 owns its store:
 
-- **Leases expire.** Each is taken for ``visibility_timeout`` seconds: a peer whose host
-  died frees its tasks for the others after that long (its own dispatcher still kills a
-  task at its ``timeout``). No task is leased ahead of a free worker, so peers share.
+- **Leases expire.** Each is taken for ``visibility_timeout`` seconds and renewed every
+  third of that while its task runs (``extend_leases``): a task runs once however long
+  it takes while its host lives, and a host that died frees its tasks for the others
+  within ``visibility_timeout`` (its own dispatcher still kills a task at its
+  ``timeout``). No task is leased ahead of a free worker, so peers share.
 - **Peers' puts wake it.** The store's put watch (``watch_puts``) joins the descriptors
   the dispatcher blocks on; an idle dispatcher also looks again every ``SAFETY_CHECK``
   seconds, for a notification lost while the server was unreachable.
@@ -26,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from ._records import LeaseToken
 from .store import Store
 
 #: Seconds an idle dispatcher sleeps at most without looking at a peer store: a put whose
@@ -67,6 +70,8 @@ class PeerLink:
         self.lease_ttl = visibility_timeout
         self.puts: Any = _watch(store, "watch_puts")
         self.results: Any = _watch(store, "watch_results")
+        self.extend: Any = getattr(store, "extend_leases", None)
+        self.renew_at = time.monotonic() + visibility_timeout / 3
         self.results_due = True  # at start: recovered() futures may be done already
         self.checked_at = -float("inf")
         self.waiting = 0  # futures awaited (not run here) at the last check
@@ -75,15 +80,27 @@ class PeerLink:
         # Drained even when nothing is awaited: an unread subscription backs up in the server.
         return [w for w in (self.puts, self.results) if w is not None and w.fileno() >= 0]
 
-    def deadline(self, idle: bool) -> float:
-        """The monotonic time of the next look this link needs (``inf``: none)."""
+    def deadline(self, idle: bool, holding: bool) -> float:
+        """The monotonic time of the next look this link needs (``inf``: none); ``idle``:
+        workers are free and the store had nothing; ``holding``: leases are held here."""
         now = time.monotonic()
         at = now + SAFETY_CHECK if idle else float("inf")
         if any(w is not None and w.fileno() < 0 for w in (self.puts, self.results)):
             at = min(at, now + WATCH_RETRY)
         if self.waiting or self.results_due:
             at = min(at, self.checked_at + self._gap())
+        if holding and self.extend is not None:
+            at = min(at, self.renew_at)
         return at
+
+    def renew(self, held: list[LeaseToken], now: float) -> None:
+        """Extend the leases this dispatcher holds, every third of their timeout."""
+        mono = time.monotonic()
+        if mono < self.renew_at or self.extend is None:
+            return
+        self.renew_at = mono + self.lease_ttl / 3
+        if held:
+            self.extend(held, until=now + self.lease_ttl)
 
     def _gap(self) -> float:
         if not self.results_due:

@@ -38,7 +38,7 @@ from ._peers import PeerLink
 from ._policy import CRASH, ERROR, TIMEOUT, FailedAttempt
 from ._records import Failure, Fault, Leased, LeaseToken
 from ._task import encode_error, error_of, header_of, timeout_of
-from ._wakeup import Waiter, Wakeup, readable
+from ._wakeup import FrameReader, Waiter, Wakeup, readable
 from .store import Store
 
 #: A lease outlives any task: the dispatcher itself notices dead workers and timeouts.
@@ -64,6 +64,10 @@ class _Worker:
     init_error: str = ""  # its initializer raised (traceback), acted on once it exited
     deadline: float = float("inf")  # of the running task
     since: float = 0.0  # when the running task started
+    reader: FrameReader = field(init=False)  # its outcomes, off ``conn``
+
+    def __post_init__(self) -> None:
+        self.reader = FrameReader(self.conn.fileno())
 
     @property
     def task(self) -> Leased | None:
@@ -253,7 +257,7 @@ class Dispatcher(threading.Thread):
         peer = self.peer
         if peer is not None:
             waits += peer.waitables()
-            deadline = min(deadline, peer.deadline(self.idle))
+            deadline = min(deadline, peer.deadline(self.idle, bool(busy or self.leased)))
         if self.retry_at:
             deadline = min(deadline, self.retry_at)
         recheck = self.gate.recheck_in() if self.gate is not None else None
@@ -293,7 +297,7 @@ class Dispatcher(threading.Thread):
             elif isinstance(obj, int):
                 self._exited(self.workers[obj])
             else:
-                self._receive(obj)
+                self._receive(obj, ready=True)
         if busy and self.memory is not None and self.memory.polls:
             self._watch_memory(busy)
         now = time.monotonic()
@@ -429,15 +433,17 @@ class Dispatcher(threading.Thread):
 
     # -- what comes back ----------------------------------------------------------------------
 
-    def _receive(self, conn: Connection) -> None:
+    def _receive(self, conn: Connection, *, ready: bool = False) -> None:
+        """Handle the outcomes ``conn`` holds; ``ready``: wait() just found it readable
+        (else it is looked at first, and nothing waits)."""
         w = next((x for x in self.workers.values() if x.conn is conn), None)
         if w is None:
             return  # already handled as exited this round
         try:
-            while True:  # wait() found it ready: a frame, or the end of a dead worker's pipe
-                self._outcome(w, conn.recv_bytes())
-                if not readable(conn.fileno()):
-                    break
+            while ready or readable(w.reader.fd):
+                ready = False
+                for frame in w.reader.read():
+                    self._outcome(w, frame)
         except (EOFError, OSError):
             pass  # it exited: the sentinel handles it
 

@@ -34,6 +34,14 @@ import os, time
 def square(x):
     return x * x, os.getpid()
 
+def logged(log, seconds):
+    """Append this run's pid to ``log``, then take ``seconds``."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, f"{os.getpid()}\\n".encode())
+    os.close(fd)
+    time.sleep(seconds)
+    return seconds
+
 def once(marker, x):
     """The first run announces itself and hangs (to be killed); a later run returns."""
     if not os.path.exists(marker):
@@ -174,6 +182,43 @@ def test_the_result_watch_wakes_on_a_peers_kept_result(
         watch.close()
         store.drop()
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis", "postgres", "rabbitmq"])
+def test_extend_leases_pushes_the_deadline_of_leases_still_held(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    store = durableq.MemoryStore() if kind == "memory" else fresh(STORES[kind],
+                                                                   _url(request, kind))
+    try:
+        store.put_many([b"a", b"b"])
+        a, b = store.lease("me", 2, now=1_000.0, ttl=10)
+        assert store.ack([b.token]) == 1
+        stale = durableq.LeaseToken(a.token.id, a.token.attempt + 1)
+        assert store.extend_leases([a.token, b.token, stale], until=1_100.0) == 1
+        assert store.requeue_expired(1_050.0) == 0, "the extended lease is still held"
+        assert store.requeue_expired(1_101.0) == 1
+    finally:
+        if kind != "memory":
+            store.drop()
+        store.close()
+
+
+def test_a_task_longer_than_the_visibility_timeout_runs_once_while_its_peer_lives(
+    redis_server: Any, mods: Path, tmp_path: Path
+) -> None:
+    from peer_tasks import logged
+
+    store = fresh(durableq.RedisStore, redis_server.url)
+    log = tmp_path / "runs"
+    # Two peers, one worker each: without renewal the idle one would take the task over
+    # once its 2 s lease lapsed, and it would run twice.
+    other = durableq.Executor(1, store=durableq.RedisStore(redis_server.url, name=store.name),
+                              visibility_timeout=2)
+    with durableq.Executor(1, store=store, visibility_timeout=2) as ex:
+        assert ex.submit(logged, str(log), 3.0).result(TIMEOUT) == 3.0
+    other.shutdown()
+    assert len(log.read_text().split()) == 1
 
 
 def test_store_is_checked_and_exclusive_of_path(tmp_path: Path) -> None:

@@ -127,6 +127,18 @@ class MemoryStore(MemoryCommands):
                 heapq.heappush(self._ready, entry)
         return out
 
+    def extend_leases(self, tokens: Sequence[LeaseToken], *, until: float) -> int:
+        """Push the deadline of the leases still held to ``until`` (a peer renewing the
+        tasks it runs); stale tokens are ignored. Returns how many."""
+        n = 0
+        with self._lock:
+            for token in tokens:
+                rec = self._leased(token)
+                if rec is not None:
+                    rec.lease_expiry = until
+                    n += 1
+        return n
+
     def _leased(self, token: LeaseToken) -> _Record | None:
         rec = self._records.get(token.id)
         if rec is None or rec.state != State.IN_FLIGHT or rec.attempts != token.attempt:

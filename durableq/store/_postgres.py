@@ -543,6 +543,20 @@ class PostgresStore(PostgresCommands):
             (self.name, upto),
         )}
 
+    def extend_leases(self, tokens: Sequence[LeaseToken], *, until: float) -> int:
+        """Push the deadline of the leases still held to ``until``; returns how many."""
+        if not tokens:
+            return 0
+
+        def extend(con: psycopg.Connection[Any]) -> int:
+            ids = self._locked(con, tokens)
+            if ids:
+                con.execute("UPDATE durableq_message SET lease_deadline = %s WHERE queue = %s "
+                            "AND id = ANY(%s)", (until, self.name, ids))
+            return len(ids)
+
+        return self._tx("extend", extend)
+
     def results_of(self, ids: Sequence[int]) -> dict[int, bytes]:
         return {r[0]: bytes(r[1]) for r in self._all(
             "results", "SELECT id, result FROM durableq_result WHERE queue = %s AND "

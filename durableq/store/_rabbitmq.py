@@ -295,6 +295,12 @@ class RabbitMQStore:
         n: int = self._request("discard", {"ids": list(ids)}) if ids else 0
         return n
 
+    def extend_leases(self, tokens: Sequence[LeaseToken], *, until: float) -> int:
+        """Push the deadline of the leases still held to ``until``; returns how many."""
+        n: int = self._request("extend", {"tokens": tokens_out(tokens), "until": until}) \
+            if tokens else 0
+        return n
+
     def unfinished(self, upto: int) -> list[int]:
         return self._read().unfinished(upto)
 

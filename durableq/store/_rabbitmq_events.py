@@ -121,6 +121,7 @@ class Replica(MemoryStore):
                 bump=a["bump"], expires=a["expires"]),
             "lease": lambda a: self.lease(a["owner"], a["n"], now=a["now"], ttl=a["ttl"],
                                           max_priority=a["max_priority"]),
+            "extend": lambda a: self.extend_leases(_tokens(a["tokens"]), until=a["until"]),
             "fail": lambda a: self.fail([attempt_in(x) for x in a["attempts"]], now=a["now"]),
             "tick": lambda a: self.tick(a["now"]),
             "revive": lambda a: self.revive(a["ids"], now=a["now"]),
@@ -177,6 +178,15 @@ class Replica(MemoryStore):
             for x in leased:
                 heapq.heappush(self._deadlines, (now + ttl, x.token.id, x.token.attempt))
         return leased
+
+    def extend_leases(self, tokens: Sequence[LeaseToken], *, until: float) -> int:
+        n = super().extend_leases(tokens, until=until)
+        with self._lock:  # the old deadlines' entries go stale: they no longer match
+            for token in tokens:
+                rec = self._records.get(token.id)
+                if rec is not None and rec.lease_expiry == until:
+                    heapq.heappush(self._deadlines, (until, token.id, token.attempt))
+        return n
 
     def _held(self, entry: tuple[float, int, int]) -> bool:
         """Whether a deadline heap entry is a lease still held."""

@@ -48,7 +48,8 @@ FAULT_PATIENCE = 0.5
 _CAUSE_FIELD = {"error": "fe", "crash": "fc", "timeout": "ft"}
 _STATE_KEY = {State.DONE: "hist:4", State.EXPIRED: "hist:7", State.DEAD: "dead"}
 _SCRIPTS = ("PUT", "LEASE", "SETTLE", "FAIL", "TICK", "COUNTS", "NEXT_DUE", "READ",
-            "FINISHED", "REVIVE", "PURGE", "DISCARD", "UNFINISHED", "REQUEUE", "HAS_READY")
+            "FINISHED", "REVIVE", "PURGE", "DISCARD", "UNFINISHED", "REQUEUE", "HAS_READY",
+            "EXTEND")
 
 
 def score(x: float) -> str:
@@ -343,6 +344,12 @@ class RedisStore(RedisCommands):
         client = self.redis()
         raw = self._retry("results", lambda: client.hgetall(self.prefix + "results"))
         return {int(k): v for k, v in raw.items() if isinstance(v, bytes) and int(k) <= upto}
+
+    def extend_leases(self, tokens: Sequence[LeaseToken], *, until: float) -> int:
+        """Push the deadline of the leases still held to ``until``; returns how many."""
+        if not tokens:
+            return 0
+        return int(self._run("EXTEND", score(until), *(x for t in tokens for x in t)))
 
     def results_of(self, ids: Sequence[int]) -> dict[int, bytes]:
         if not ids:

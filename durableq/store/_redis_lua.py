@@ -204,6 +204,19 @@ wake_peers()
 return applied
 """
 
+#: ARGV: P, new deadline, then (id, attempt) per lease. Returns how many were still held.
+EXTEND: Final = _COMMON + r"""
+local n = 0
+for i = 3, #ARGV, 2 do
+  local m = pad(tonumber(ARGV[i]))
+  if leased(m, ARGV[i + 1]) then
+    redis.call('ZADD', P .. 'leases', ARGV[2], m)
+    n = n + 1
+  end
+end
+return n
+"""
+
 #: ARGV: P, now, keep, count, cutoff, log max, then per attempt 9 values: id, attempt,
 #: cause field, failures of that cause (after this one), retry (0/1), due, band, result
 #: ('' none, else 'r' .. bytes), failure entry ('' none). Returns 1/0 per attempt.
