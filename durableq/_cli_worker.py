@@ -39,11 +39,14 @@ from ._cli_common import DURATION, FAILED, handled
 @click.option("--timeout", type=DURATION, default=None, help="Kill a task running this long.")
 @click.option("--start-method", type=click.Choice(multiprocessing.get_all_start_methods()),
               default=None, help="How worker processes start (default: the platform's).")
+@click.option("--allow-module", "allowed", multiple=True, metavar="MODULE",
+              help="Run only functions of this module or its submodules (repeatable); "
+                   "other tasks fail with TaskRefused, never unpickled.")
 @handled
 def worker(
     path: str | None, url: str | None, name: str, visibility_timeout: float,
     workers: int | None, import_paths: tuple[str, ...], max_attempts: int,
-    timeout: float | None, start_method: str | None,
+    timeout: float | None, start_method: str | None, allowed: tuple[str, ...],
 ) -> None:
     """Run the tasks stored at PATH with N worker processes, until SIGTERM: what an
     earlier program left unfinished (waiting for it to exit first) and what programs add
@@ -79,12 +82,16 @@ def worker(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        options: dict[str, Any] = {
+            "max_workers": workers, "max_attempts": max_attempts, "timeout": timeout,
+            "mp_context": multiprocessing.get_context(start_method) if start_method else None,
+            "allowed_modules": allowed or None,
+        }
         if url is not None:
-            _serve_store(url, name, visibility_timeout, workers, start_method, max_attempts,
-                         timeout, stop, signals)
+            _serve_store(url, name, visibility_timeout, options, stop, signals)
         else:
             assert path is not None
-            _serve(path, workers, start_method, max_attempts, timeout, stop, signals)
+            _serve(path, options, stop, signals)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -92,27 +99,23 @@ def worker(
 
 
 def _serve(
-    path: str, workers: int | None, start_method: str | None, max_attempts: int,
-    timeout: float | None, stop: threading.Event, signals: dict[str, int],
+    path: str, options: dict[str, Any], stop: threading.Event, signals: dict[str, int]
 ) -> None:
     from ._inspect import check_queue
     from ._service import WorkerService
 
     if os.path.isdir(path) and os.listdir(path):
         check_queue(path)  # never turn some other non-empty directory into a queue
+    workers = options["max_workers"]
     name = os.path.basename(os.path.abspath(path))
     _title(f"durableq service {name} -w {workers or os.cpu_count()}")
-    ctx = multiprocessing.get_context(start_method) if start_method else None
     click.echo(f"durableq worker: waiting to own {os.path.abspath(path)}", err=True)
-    service = WorkerService(
-        path, workers, mp_context=ctx, max_attempts=max_attempts, timeout=timeout
-    )
+    service = WorkerService(path, **options)
     _run(service, workers, stop, signals)
 
 
 def _serve_store(
-    url: str, name: str, visibility_timeout: float, workers: int | None,
-    start_method: str | None, max_attempts: int, timeout: float | None,
+    url: str, name: str, visibility_timeout: float, options: dict[str, Any],
     stop: threading.Event, signals: dict[str, int],
 ) -> None:
     from ._service import WorkerService
@@ -122,13 +125,10 @@ def _serve_store(
         store = open_store(url, name=name)
     except ValueError as exc:
         raise click.UsageError(f"--store: {exc}") from None
+    workers = options["max_workers"]
     _title(f"durableq service {name} -w {workers or os.cpu_count()}")
-    ctx = multiprocessing.get_context(start_method) if start_method else None
     click.echo(f"durableq worker: joining the peers of {store!r}", err=True)
-    service = WorkerService(
-        store=store, max_workers=workers, mp_context=ctx, max_attempts=max_attempts,
-        timeout=timeout, visibility_timeout=visibility_timeout,
-    )
+    service = WorkerService(store=store, visibility_timeout=visibility_timeout, **options)
     _run(service, workers, stop, signals)
 
 

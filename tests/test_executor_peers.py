@@ -116,7 +116,8 @@ def test_executors_in_two_processes_share_one_store_and_every_future_resolves(
 def _worker(url: str, name: str, mods: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "durableq", "worker", "--store", url, "--name", name, "-n", "1",
-         "--visibility-timeout", "1", "--import-path", str(mods)],
+         "--visibility-timeout", "1", "--import-path", str(mods), "--allow-module",
+         "peer_tasks"],
         stderr=subprocess.PIPE, start_new_session=True,
     )
 
