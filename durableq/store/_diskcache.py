@@ -150,10 +150,18 @@ _SETTLE: Final = (
 _SETTLE_MANY: Final = (
     "UPDATE dq_delivery SET state = ?, expiry = ? FROM (VALUES {values}) AS t "
     "WHERE dq_delivery.id = t.column1 AND dq_delivery.attempts = t.column2 "
-    f"AND dq_delivery.state = {_IN_FLIGHT} RETURNING dq_delivery.id"
+    f"AND dq_delivery.state = {_IN_FLIGHT}"
 )
-_SETTLE_CHUNK: Final = 400  # 802 variables: far below SQLite's limit (32766)
-_SET_UPDATE: Final = sqlite3.sqlite_version_info >= (3, 35)
+_RESULT: Final = "INSERT OR REPLACE INTO dq_result (id, body, mac) VALUES (?, ?, ?)"
+# The results of the leases _SETTLE_MANY just settled: (id, body, mac, attempts) rows
+# whose lease is now in the new state under that attempt.
+_RESULTS_MANY: Final = (
+    "INSERT OR REPLACE INTO dq_result (id, body, mac) "
+    "SELECT r.column1, r.column2, r.column3 FROM (VALUES {values}) AS r "
+    "JOIN dq_delivery AS d ON d.id = r.column1 AND d.attempts = r.column4 AND d.state = ?"
+)
+_SETTLE_CHUNK: Final = 400  # 1,602 variables for results: far below SQLite's 32,766
+_SET_UPDATE: Final = sqlite3.sqlite_version_info >= (3, 33)
 
 # A discarded message leaves no history: finished (expiry) stays NULL.
 _DISCARD: Final = f"""
@@ -416,18 +424,14 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
     ) -> int:
         con = self._ledger()
         finished = None if state == _READY else self.clock.time()
+        signed = None
+        if results is not None:
+            signed = [
+                (t.id, r, self._result_mac(t.id, r))
+                for t, r in zip(tokens, results, strict=True)
+            ]
         with self._write(con, "BEGIN"):
-            done = _settled(con, state, finished, tokens)
-            applied = len(done)
-            if results is not None and done:
-                con.executemany(
-                    "INSERT OR REPLACE INTO dq_result (id, body, mac) VALUES (?, ?, ?)",
-                    [
-                        (t.id, r, self._result_mac(t.id, r))
-                        for t, r in zip(tokens, results, strict=True)
-                        if t.id in done
-                    ],
-                )
+            applied = _settled(con, state, finished, tokens, signed)
             if state == _DONE:
                 con.execute(
                     "UPDATE dq_meta SET value = value + ? WHERE name = 'acked_total'", (applied,)
@@ -670,21 +674,45 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _settled(
-    con: sqlite3.Connection, state: int, finished: float | None, tokens: Sequence[LeaseToken]
-) -> set[int]:
-    """Settle the leases ``tokens`` still hold; the ids settled. One statement per
-    ``_SETTLE_CHUNK`` tokens (each call on a connection gives up the GIL: see _INSERT_ONE)."""
-    if not _SET_UPDATE:  # SQLite before 3.35: no UPDATE ... FROM ... RETURNING
-        return {t.id for t in tokens if con.execute(_SETTLE, (state, finished, *t)).rowcount}
-    done: set[int] = set()
+    con: sqlite3.Connection,
+    state: int,
+    finished: float | None,
+    tokens: Sequence[LeaseToken],
+    results: list[tuple[int, bytes, bytes]] | None,
+) -> int:
+    """Settle the leases ``tokens`` still hold, storing the results ``(id, body, mac)``
+    (one per token) of those settled; how many were settled.
+
+    One statement per ``_SETTLE_CHUNK`` tokens and one for their results, each a single
+    step: every call on a connection, and every row it steps through, gives up the GIL
+    (see _INSERT_ONE). Results are matched in SQL to the leases just settled, by (id,
+    attempts) in the new state, so no row goes back to Python to say which.
+    """
+    if not _SET_UPDATE:  # SQLite before 3.33: no UPDATE ... FROM
+        applied = 0
+        for i, t in enumerate(tokens):
+            if con.execute(_SETTLE, (state, finished, *t)).rowcount:
+                applied += 1
+                if results is not None:
+                    con.execute(_RESULT, results[i])
+        return applied
+    applied = 0
     for start in range(0, len(tokens), _SETTLE_CHUNK):
         part = tokens[start : start + _SETTLE_CHUNK]
-        sql = _SETTLE_MANY.format(values=", ".join(["(?, ?)"] * len(part)))
         args: list[Any] = [state, finished]
         for t in part:
             args += t
-        done.update(i for (i,) in con.execute(sql, args).fetchall())
-    return done
+        sql = _SETTLE_MANY.format(values=", ".join(["(?, ?)"] * len(part)))
+        changed: int = con.execute(sql, args).rowcount
+        applied += changed
+        if results is None or not changed:
+            continue
+        args = []
+        for t, row in zip(part, results[start : start + _SETTLE_CHUNK], strict=True):
+            args += (*row, t.attempt)
+        args.append(state)
+        con.execute(_RESULTS_MANY.format(values=", ".join(["(?, ?, ?, ?)"] * len(part))), args)
+    return applied
 
 
 def _signer(store: weakref.ref[DiskcacheStore]) -> Any:
