@@ -188,6 +188,45 @@ def test_appends_of_concurrent_threads_share_one_message_and_confirm(rabbitmq_ur
     s.close()
 
 
+def test_a_reopen_restores_the_newest_snapshot_and_replays_only_the_tail(
+    rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from durableq import Fault, Retention, State
+    from durableq.store import _rabbitmq_snapshot
+
+    monkeypatch.setattr(_rabbitmq_snapshot, "SNAPSHOT_EVERY", 6)
+    first = fresh(rabbitmq_url)
+    first.retention = Retention(count=50)
+    first.put_many([b"a", b"b", b"c", b"d"])
+    first.put_many([b"later"], due=2e12, expires=3e12)
+    first.put_many([b"bumped"], priority=durableq.Priority.LOW, bump=1.0)
+    a, _ = first.lease("me", 2, now=1e12, ttl=30)
+    first.ack([a.token], results=[b"done"])
+    first.record_fault(Fault("kind", 1.0, "detail"))
+    first.command_put("dev", b"hold", command_type=None, expires_at=None, hold=True, now=1.0)
+    first.command_upsert("dev", "cfg", b"v1", expires_at=None, now=1.0)
+    first._snapshots.join(TIMEOUT)
+    assert first._snapshots.taken_at >= 6
+    first.put_many([b"tail"])  # after the snapshot: replayed from the log
+    monkeypatch.setattr(_rabbitmq_snapshot, "SNAPSHOT_EVERY", 10_000)
+    again = RabbitMQStore(rabbitmq_url, name=first.name)
+    states = list(State)
+    assert again.counts().put_total == 7
+    assert again._snapshots.taken_at == first._snapshots.taken_at  # restored, not replayed
+    for store in (first, again):
+        store.tick(2.0)  # the bump is due: "bumped" goes HIGH
+    assert again.records(states) == first.records(states)
+    assert again.results(99) == first.results(99) == {a.token.id: b"done"}
+    assert again.faults() == first.faults() and again.retention == first.retention
+    assert again.command_pending("dev", now=2.0) == first.command_pending("dev", now=2.0)
+    assert again.command_counts(2.0) == first.command_counts(2.0)
+    # b's lease ran out: it comes back, after the bumped one and before c, d and tail.
+    payloads = [x.payload for x in again.lease("you", 9, now=1e12 + 60, ttl=30)]
+    assert payloads == [b"bumped", b"b", b"c", b"d", b"tail"]
+    first.close()
+    again.close()
+
+
 def test_a_new_process_rebuilds_the_state_from_the_log(rabbitmq_url: str) -> None:
     first = fresh(rabbitmq_url)
     first.put_many([b"a", b"b", b"c"])

@@ -35,6 +35,7 @@ from .._records import Counts, Failure, Fault, Leased, LeaseToken, Priority, Rec
 from ._commandstore import CommandCounts, CommandRow, CommandWatch, holder_alive
 from ._rabbitmq_events import Replica, attempt_out, pack, tokens_out, unpack
 from ._rabbitmq_log import EventLog, import_pika
+from ._rabbitmq_snapshot import Snapshots
 from ._rabbitmq_watch import SETTLING, WAKING, LogWatch, RabbitMQOwnerLock
 from ._server import check_options, check_payloads
 
@@ -79,6 +80,8 @@ class RabbitMQStore:
         self._watch_lock = threading.Lock()
         self._log = EventLog(self.url, f"durableq.{self.name}.log", timeout=self.timeout,
                              apply=self._on_event, thread_name=f"durableq-rabbitmq-{self.name}")
+        self._snapshots = Snapshots(self._log, f"durableq.{self.name}.snapshot")
+        self._follow_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "name": self.name, "timeout": self.timeout}
@@ -111,12 +114,26 @@ class RabbitMQStore:
                 self._waiting[request] = (raised, outcome)
             if done:
                 self._done.notify_all()
+        if done and self._snapshots.due(offset + 1):  # see _rabbitmq_snapshot
+            self._snapshots.take(self._replica, offset + 1)
+
+    def _follow(self) -> None:
+        """Follow the log, from the newest snapshot's offset if there is one."""
+        if self._log.following:
+            return
+        with self._follow_lock:
+            if self._log.following:
+                return
+            snapshot = self._snapshots.read()
+            if snapshot is not None:
+                self._replica = snapshot[1]
+            self._log.follow(0 if snapshot is None else snapshot[0])
 
     def _request(self, verb: str, args: dict[str, Any]) -> Any:
         """Append one event and return its outcome (re-raising what applying it raised)."""
         if self._pid != os.getpid():  # forked: this process follows the log on its own
             self._init_process_state()
-        self._log.follow(0)
+        self._follow()
         request = uuid.uuid4().hex
         with self._done:
             self._waiting[request] = None
@@ -424,9 +441,11 @@ class RabbitMQStore:
         """Stop following the log and close this process's connections."""
         if self._pid == os.getpid():
             self._log.close()
+            self._snapshots.join(self.timeout)
         self._init_process_state()
 
     def drop(self) -> None:
         """Delete the store's log: every message, command and record. Irreversible."""
         self._log.drop()
+        self._snapshots.drop()
         self.close()

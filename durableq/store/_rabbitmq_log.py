@@ -105,6 +105,14 @@ class EventLog:
         params.blocked_connection_timeout = max(self.timeout, 1.0)
         return params
 
+    def connect(self) -> Any:
+        """A new blocking connection to the broker (the caller closes it)."""
+        return self._pika.BlockingConnection(self._params())
+
+    @property
+    def following(self) -> bool:
+        return self._follower is not None
+
     def _channel(self, con: Any) -> Any:
         channel = con.channel()
         channel.queue_declare(self.queue, durable=True, arguments={"x-queue-type": "stream"})
