@@ -185,6 +185,46 @@ def test_the_result_watch_wakes_on_a_peers_kept_result(
         store.close()
 
 
+def _submit_and_die(url: str, name: str, n: int, conn: Any) -> None:
+    from peer_tasks import square
+
+    ex = durableq.Executor(0, store=durableq.RedisStore(url, name=name))
+    conn.send([ex.submit(square, i).task_id for i in range(n)])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_dead_producers_tasks_are_recovered_and_cancelled_ones_leave_the_store(
+    redis_server: Any, mods: Path
+) -> None:
+    from peer_tasks import square
+
+    store = fresh(durableq.RedisStore, redis_server.url)
+    here, there = FORK.Pipe()
+    producer = FORK.Process(target=_submit_and_die, args=(redis_server.url, store.name, 5,
+                                                          there))
+    producer.start()
+    assert here.poll(TIMEOUT)
+    ids = here.recv()
+    producer.join(TIMEOUT)
+    assert producer.exitcode == -signal.SIGKILL
+    # An executor with workers runs them and hands their results out once, then forgets.
+    with durableq.Executor(1, store=store) as ex:
+        recovered = ex.recovered()
+        assert {i: f.result(TIMEOUT)[0] for i, f in recovered.items()} == {
+            i: k * k for k, i in enumerate(ids)}
+        assert ex.stats()["acked_total"] == 5 and ex.faults() == []
+    # A producer with no workers cancels what it will not await: gone from the store.
+    idle = durableq.Executor(0, store=durableq.RedisStore(redis_server.url, name=store.name))
+    mine = idle.submit(square, 99)
+    idle.shutdown(cancel_futures=True)
+    assert mine.cancelled()
+    check = durableq.RedisStore(redis_server.url, name=store.name)
+    counts = check.counts()
+    assert (counts.ready, counts.in_flight, counts.put_total) == (0, 0, 6)
+    assert check.results_of(ids) == {}
+    check.close()
+
+
 @pytest.mark.parametrize("kind", ["memory", "redis", "postgres", "rabbitmq"])
 def test_extend_leases_pushes_the_deadline_of_leases_still_held(
     request: pytest.FixtureRequest, kind: str
