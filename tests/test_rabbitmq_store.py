@@ -188,6 +188,52 @@ def test_appends_of_concurrent_threads_share_one_message_and_confirm(rabbitmq_ur
     s.close()
 
 
+def test_a_failed_group_commit_raises_store_error_in_every_thread_of_the_group(
+    rabbitmq_url: str,
+) -> None:
+    import threading
+    import time
+
+    from durableq import StoreError
+
+    s = fresh(rabbitmq_url)
+    log, publish = s._log, s._log._publish
+    calls: list[bytes] = []
+    release = threading.Event()
+
+    def failing_publish(body: bytes, what: str) -> None:
+        calls.append(body)
+        if len(calls) == 1:
+            release.wait(TIMEOUT)
+            return publish(body, what)
+        raise StoreError("broker gone")
+
+    log._publish = failing_publish  # type: ignore[method-assign]
+    raised: list[BaseException] = []
+
+    def put(i: int) -> None:
+        try:
+            s.put_quiet([b"%d" % i])
+        except StoreError as exc:
+            raised.append(exc)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(3)]
+    threads[0].start()
+    deadline = time.monotonic() + TIMEOUT
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.001)
+    for t in threads[1:]:
+        t.start()
+    while len(log._appends) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release.set()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert len(calls) == 2 and len(raised) == 2  # the second group failed as one
+    assert all("broker gone" in str(e) for e in raised)
+    s.close()
+
+
 def test_a_reopen_restores_the_newest_snapshot_and_replays_only_the_tail(
     rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -129,9 +129,10 @@ class EventLog:
             self._appends.append(mine)
             while self._leading and not mine.done:
                 self._queued.wait()
-            if mine.done:  # a leader committed it
+            if mine.done:  # a leader committed it, or failed to (an error of its own)
                 if mine.error is not None:
-                    raise mine.error
+                    raise StoreError(f"rabbitmq log {self.queue!r} failed {what}: "
+                                     f"{mine.error}") from mine.error
                 return
             self._leading = True
             group: list[_Append] = []
