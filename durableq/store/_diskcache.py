@@ -33,7 +33,7 @@ from .._policy import Retention
 from .._records import Fault, Leased, LeaseToken, Priority, State
 from .._security import DATABASES, create_private, make_directory, tighten
 from ._integrity import Integrity, sign_message
-from ._sqlite import SYNC, Busy, SQLiteFiles, guarded, is_busy
+from ._sqlite import SET_BASED, SYNC, Busy, SQLiteFiles, guarded, is_busy, many
 from ._sqlite_commands import SQLiteCommands
 from ._sqlite_policy import PolicyVerbs, drop_messages
 
@@ -100,11 +100,6 @@ CREATE INDEX IF NOT EXISTS dq_failure_time ON dq_failure (time);
 CREATE INDEX IF NOT EXISTS dq_failure_msg ON dq_failure (msg);
 """
 
-_INSERT: Final = (
-    "INSERT INTO dq_message "
-    "(id, state, priority, due, created, body, deadline, bump, expires, mac) "
-    f"VALUES (?, {_READY}, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 # One message in one statement, its own transaction: the id SQLite would pick (max + 1,
 # read under the write lock the INSERT takes first) and the MAC that binds it, from the
 # dq_sign function each connection registers. One call instead of four (BEGIN, max, INSERT,
@@ -133,12 +128,6 @@ SELECT m.id, coalesce(d.attempts, m.attempts), m.body, m.deadline, m.created, m.
    AND (d.state IS NULL OR d.state = {_READY}) AND (m.expires IS NULL OR m.expires > ?)
  ORDER BY m.due, m.id LIMIT ?
 """
-# An upsert, not a replace: a redelivery keeps the message's failure counters.
-_LEASE: Final = f"""
-INSERT INTO dq_delivery (id, attempts, state, expiry, flags) VALUES (?, ?, {_IN_FLIGHT}, ?, ?)
-ON CONFLICT (id) DO UPDATE SET attempts = excluded.attempts, state = {_IN_FLIGHT},
-    expiry = excluded.expiry, flags = flags | excluded.flags
-"""
 LATE: Final = 1  #: flags bit: delivered after its deadline
 _SETTLE: Final = (
     "UPDATE dq_delivery SET state = ?, expiry = ? "
@@ -160,8 +149,32 @@ _RESULTS_MANY: Final = (
     "SELECT r.column1, r.column2, r.column3 FROM (VALUES {values}) AS r "
     "JOIN dq_delivery AS d ON d.id = r.column1 AND d.attempts = r.column4 AND d.state = ?"
 )
-_SETTLE_CHUNK: Final = 400  # 1,602 variables for results: far below SQLite's 32,766
-_SET_UPDATE: Final = sqlite3.sqlite_version_info >= (3, 33)
+# An upsert, not a replace: a redelivery keeps the message's failure counters.
+_LEASE_MANY: Final = f"""
+INSERT INTO dq_delivery (id, attempts, state, expiry, flags)
+SELECT column1, column2, {_IN_FLIGHT}, column3, column4 FROM (VALUES {{values}}) WHERE true
+ON CONFLICT (id) DO UPDATE SET attempts = excluded.attempts, state = {_IN_FLIGHT},
+    expiry = excluded.expiry, flags = flags | excluded.flags
+"""
+_INSERT_MANY: Final = (
+    "INSERT INTO dq_message "
+    "(id, state, priority, due, created, body, deadline, bump, expires, mac) "
+    f"SELECT column1, {_READY}, column2, column3, column4, column5, column6, column7, "
+    "column8, column9 FROM (VALUES {values})"
+)
+_COLLECT: Final = (
+    "UPDATE dq_message SET state = v.column1, attempts = v.column2, finished = v.column3, "
+    "flags = v.column4, bump = NULL, expires = NULL FROM (VALUES {values}) AS v "
+    "WHERE dq_message.id = v.column5"
+)
+_COLLECT_ONE: Final = (
+    "UPDATE dq_message SET state = ?, attempts = ?, finished = ?, flags = ?, "
+    "bump = NULL, expires = NULL WHERE id = ?"
+)
+_UNLEDGER: Final = (
+    f"DELETE FROM dq_delivery WHERE state IN ({_DONE}, {_DEAD}, {_EXPIRED}) "
+    "AND id IN (SELECT column1 FROM (VALUES {values}))"
+)
 
 # A discarded message leaves no history: finished (expiry) stays NULL.
 _DISCARD: Final = f"""
@@ -360,7 +373,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
                 for s in batch:
                     s.ids = list(range(next_id, next_id + len(s.rows)))
                     next_id += len(s.rows)
-                    con.executemany(_INSERT, self._signed(s.ids, s.rows))
+                    many(con, _INSERT_MANY, self._signed(s.ids, s.rows))
             self.commits += 1
         except BaseException as exc:
             if len(batch) == 1:
@@ -410,7 +423,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
                 flags = LATE if deadline is not None and deadline < now else 0
                 late += flags
                 leases.append((id_, attempts + 1, now + ttl, flags))
-            con.executemany(_LEASE, leases)
+            many(con, _LEASE_MANY, leases)
             if late:
                 con.execute(
                     "UPDATE dq_meta SET value = value + ? WHERE name = 'late_total'", (late,)
@@ -526,21 +539,17 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
             with self._write(con) if wait else self._try_write(con):
                 (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
                 drop_messages(con, "dq_message", gone, top)  # the newest stays a tombstone
-                con.executemany(
-                    "UPDATE dq_message SET state = ?, attempts = ?, finished = ?, flags = ?, "
-                    "bump = NULL, expires = NULL WHERE id = ?",
-                    kept,
-                )
+                if SET_BASED:
+                    many(con, _COLLECT, kept)
+                else:
+                    con.executemany(_COLLECT_ONE, kept)
                 self._collected += len(kept)
                 if self._collected >= max(TRIM_EVERY, (self.retention.count or 0) // 2):
                     self._trim(con, top)
         except Busy:
             return 0
         with self._write(ledger, "BEGIN"):
-            ledger.executemany(
-                f"DELETE FROM dq_delivery WHERE id = ? AND state IN ({_DONE}, {_DEAD}, {_EXPIRED})",
-                [(r[0],) for r in rows],
-            )
+            many(ledger, _UNLEDGER, [(r[0],) for r in rows])
         self._uncollected = 0
         self._checkpoint(con)
         return len(rows)
@@ -683,12 +692,10 @@ def _settled(
     """Settle the leases ``tokens`` still hold, storing the results ``(id, body, mac)``
     (one per token) of those settled; how many were settled.
 
-    One statement per ``_SETTLE_CHUNK`` tokens and one for their results, each a single
-    step: every call on a connection, and every row it steps through, gives up the GIL
-    (see _INSERT_ONE). Results are matched in SQL to the leases just settled, by (id,
-    attempts) in the new state, so no row goes back to Python to say which.
+    Results are matched in SQL to the leases just settled, by (id, attempt) in the new
+    state, so that no row comes back to Python to say which (see ``many``).
     """
-    if not _SET_UPDATE:  # SQLite before 3.33: no UPDATE ... FROM
+    if not SET_BASED:
         applied = 0
         for i, t in enumerate(tokens):
             if con.execute(_SETTLE, (state, finished, *t)).rowcount:
@@ -696,22 +703,10 @@ def _settled(
                 if results is not None:
                     con.execute(_RESULT, results[i])
         return applied
-    applied = 0
-    for start in range(0, len(tokens), _SETTLE_CHUNK):
-        part = tokens[start : start + _SETTLE_CHUNK]
-        args: list[Any] = [state, finished]
-        for t in part:
-            args += t
-        sql = _SETTLE_MANY.format(values=", ".join(["(?, ?)"] * len(part)))
-        changed: int = con.execute(sql, args).rowcount
-        applied += changed
-        if results is None or not changed:
-            continue
-        args = []
-        for t, row in zip(part, results[start : start + _SETTLE_CHUNK], strict=True):
-            args += (*row, t.attempt)
-        args.append(state)
-        con.execute(_RESULTS_MANY.format(values=", ".join(["(?, ?, ?, ?)"] * len(part))), args)
+    applied = many(con, _SETTLE_MANY, tokens, before=(state, finished))
+    if results is not None and applied:
+        rows = [(*r, t.attempt) for t, r in zip(tokens, results, strict=True)]
+        many(con, _RESULTS_MANY, rows, after=(state,))
     return applied
 
 
