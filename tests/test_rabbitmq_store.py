@@ -234,6 +234,20 @@ def test_a_failed_group_commit_raises_store_error_in_every_thread_of_the_group(
     s.close()
 
 
+def test_a_snapshot_too_large_to_publish_is_dropped_and_tried_half_as_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from durableq.store import _rabbitmq_snapshot as snap
+    from durableq.store._rabbitmq_events import Replica
+
+    monkeypatch.setattr(snap, "SNAPSHOT_MAX_BYTES", 10)
+    snapshots = snap.Snapshots(None, "q")  # type: ignore[arg-type]
+    assert snapshots.due(snap.SNAPSHOT_EVERY)
+    snapshots.take(Replica(), snap.SNAPSHOT_EVERY)
+    assert snapshots._thread is None  # nothing published
+    assert not snapshots.due(2 * snap.SNAPSHOT_EVERY) and snapshots.due(3 * snap.SNAPSHOT_EVERY)
+
+
 def test_a_reopen_restores_the_newest_snapshot_and_replays_only_the_tail(
     rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

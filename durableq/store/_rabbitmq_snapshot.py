@@ -34,8 +34,8 @@ log = logging.getLogger("durableq.rabbitmq")
 
 #: Log messages between two snapshots by one process.
 SNAPSHOT_EVERY: Final = 10_000
-#: A replica that packs to more than this is not snapshotted (RabbitMQ refuses messages
-#: over 128 MiB by default): opening it replays the log.
+#: A replica that packs to more than this is not published (RabbitMQ refuses messages over
+#: 128 MiB by default), and this process waits twice as long before packing it again.
 SNAPSHOT_MAX_BYTES: Final = 64 << 20
 _FORMAT: Final = 1
 _RECORD_FIELDS: Final = ("id", "priority", "due", "payload", "created", "deadline", "bump",
@@ -125,6 +125,7 @@ class Snapshots:
     def __init__(self, log: EventLog, queue: str) -> None:
         self._log, self.queue = log, queue
         self.taken_at = 0  # the offset of the last snapshot this process read or wrote
+        self._every = SNAPSHOT_EVERY
         self._thread: threading.Thread | None = None
 
     def _channel(self, con: Any) -> Any:
@@ -154,7 +155,7 @@ class Snapshots:
         return offset, replica
 
     def due(self, offset: int) -> bool:
-        return offset >= self.taken_at + SNAPSHOT_EVERY and (
+        return offset >= self.taken_at + max(self._every, SNAPSHOT_EVERY) and (
             self._thread is None or not self._thread.is_alive())
 
     def take(self, replica: Replica, offset: int) -> None:
@@ -162,6 +163,7 @@ class Snapshots:
         self.taken_at = offset
         body = dump(replica, offset)
         if len(body) > SNAPSHOT_MAX_BYTES:
+            self._every = 2 * max(self._every, SNAPSHOT_EVERY)
             return
         self._thread = threading.Thread(target=self._publish, args=(body,), daemon=True,
                                         name=f"durableq-snapshot-{self.queue}")
