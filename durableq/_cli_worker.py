@@ -57,8 +57,9 @@ def worker(
     any number of other workers on any hosts: programs submit with
     durableq.Executor(store=durableq.open_store(URL, name=NAME), max_workers=0).
 
-    Examples: durableq worker jobs.q -w 4 --import-path ./src;
-    durableq worker --store redis://host:6379/0 --name jobs -n 4
+    Example: durableq worker jobs.q -w 4 --import-path ./src
+
+    Example: durableq worker --store redis://host:6379/0 --name jobs -n 4
     """
     if (path is None) == (url is None):
         raise click.UsageError("give a queue directory PATH or --store URL, exactly one")
