@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from typing import Any
+from typing import Any, Final
 
 from ._admin import admin
 from ._admin_api import AdminMixin
@@ -33,7 +33,7 @@ from ._peers import PeerLink
 from ._policy import DEFAULT_RETENTION, Retention
 from ._records import Failure, Fault
 from ._report import ErrorGroup, group
-from ._schedule import DEADLINE_WINDOW, timing_of
+from ._schedule import DEADLINE_WINDOW, Timing, priority_of, timing_of
 from ._task import (
     Options,
     check_options,
@@ -50,6 +50,10 @@ log = logging.getLogger("durableq")
 
 #: Tasks committed per transaction by ``map``.
 SUBMIT_BATCH = 1024
+
+
+#: Options of a task due now: not_before, delay, deadline, ttl, expires_at all unset.
+_NOW: Final = (None, None, None, None, None)
 
 
 class TaskFuture(futures.Future):  # type: ignore[type-arg]
@@ -421,11 +425,17 @@ class Executor(AdminMixin, futures.Executor):
     ) -> list[TaskFuture]:
         opts = opts or self._options
         state = self._state
-        timing = timing_of(
-            priority=opts.priority, not_before=opts.not_before, delay=opts.delay,
-            deadline=opts.deadline, ttl=opts.ttl, expires_at=opts.expires_at,
-            window=self._window, clock=self._clock,
-        )
+        if (opts.not_before, opts.delay, opts.deadline, opts.ttl, opts.expires_at) == _NOW:
+            # Due now, in its band, with no later change: the common case, kept cheap.
+            timing = Timing(int(priority_of(opts.priority)), self._clock.time())
+            later = False
+        else:
+            timing = timing_of(
+                priority=opts.priority, not_before=opts.not_before, delay=opts.delay,
+                deadline=opts.deadline, ttl=opts.ttl, expires_at=opts.expires_at,
+                window=self._window, clock=self._clock,
+            )
+            later = timing.due > self._clock.time() or timing.event() is not None
         with self._shutdown_lock:  # registered before shutdown() can look at the futures
             self._check_open()
             state.putting_begins()
@@ -436,7 +446,7 @@ class Executor(AdminMixin, futures.Executor):
                 raise
             fs = [TaskFuture(i, self._cancelled) for i in ids]
             state.register(fs, put=True)
-        if timing.due > self._clock.time() or timing.event() is not None:
+        if later:
             self._dispatcher.scheduled()
         else:
             self._dispatcher.nudge()

@@ -90,8 +90,8 @@ class ForkGuard:
         if depth == 0:
             with self._cond:
                 self._inside -= 1
-                if not self._inside:
-                    self._cond.notify_all()
+                if not self._inside and self._forking:
+                    self._cond.notify_all()  # before_fork waits for the last one out
 
     @contextmanager
     def shared(self) -> Iterator[None]:
