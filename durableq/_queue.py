@@ -38,7 +38,7 @@ from ._message import Message
 from ._owner import claim, fault_recorder, release_slot, shutdown_owner
 from ._policy import DEFAULT_RETENTION, QUEUE_DEFAULT, Retention, RetryPolicy
 from ._records import Fault, LeaseToken, Priority
-from ._schedule import DEADLINE_WINDOW, Timing, timing_of
+from ._schedule import DEADLINE_WINDOW, Timing, priority_of, timing_of
 from ._serializer import Serializer, get_serializer
 from .store import DiskcacheStore, Store
 
@@ -298,9 +298,14 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
             raise
         client.notify_put(len(payloads), timing.due, timing.event())
 
-    def _timing(self, **options: Any) -> Timing:
+    def _timing(self, *, priority: Any = None, front: bool = False, **options: Any) -> Timing:
         s = self._shared
-        return timing_of(window=s.deadline_window, clock=s.clock, **options)
+        if not front and all(v is None for v in options.values()):
+            # Due now in its band, with no later change: the common put, kept cheap.
+            return Timing(int(priority_of(priority)), s.clock.time())
+        return timing_of(
+            window=s.deadline_window, clock=s.clock, priority=priority, front=front, **options
+        )
 
     # -- producing ----------------------------------------------------------------------------
 
