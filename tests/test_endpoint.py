@@ -168,7 +168,7 @@ def test_results_confirmed_into_a_queue_the_broker_forgot_are_published_again(
     rabbitmq_server: RabbitMQServer, tmp_path: Path
 ) -> None:
     """A broker killed moments after declaring ``<id>.results`` can restart without that queue
-    and the confirmed results in it (RabbitMQ 3.10 did, about 1 kill in 6 at 0.3 s): results
+    and the confirmed results in it (RabbitMQ 3.10: about 1 kill in 8 within 0.4 s): results
     confirmed on a connection younger than ``settle`` are published again after a reconnect.
     The forgetting is forced: delete the results queue, then the tasks queue, which cancels
     the endpoint's consumer so that it reconnects."""
@@ -184,7 +184,6 @@ def test_results_confirmed_into_a_queue_the_broker_forgot_are_published_again(
         tasks = [{"task_id": f"t{i}", "task": "square", "args": [i]} for i in range(3)]
         _publish(url, endpoint_id, tasks)
         _wait_for_messages(url, f"{endpoint_id}.results", len(tasks))  # all three confirmed
-        assert endpoint.pending() == 0  # published: kept only against a forgetful broker
         con = pika.BlockingConnection(pika.URLParameters(url))
         channel = con.channel()
         channel.queue_delete(f"{endpoint_id}.results")  # what the restarted broker forgot
