@@ -185,3 +185,18 @@ def test_a_tampered_dead_letter_is_never_decoded_nor_replayed(tmp_path: Path) ->
         q.get_message(timeout=0.2)
     assert q.stats()["quarantined"] == 1 and not marker.exists()
     q.close()
+
+
+def test_puts_from_two_producers_in_turn_each_get_the_next_id_signed_for_it(
+    tmp_path: Path,
+) -> None:
+    # A producer guesses its next id from its last put; another producer's put in between
+    # makes the guess wrong, and the put must then take the id SQLite picks, signed for it.
+    a, b = DiskcacheStore(tmp_path / "q"), DiskcacheStore(tmp_path / "q")
+    ids = [s.put_many([bytes([n])])[0] for n, s in enumerate([a, a, b, a, b, b, a])]
+    assert ids == list(range(1, 8))
+    leased = a.lease("o", 10, now=1e12, ttl=60)
+    assert [(x.token.id, x.payload) for x in leased] == [(i, bytes([i - 1])) for i in ids]
+    assert a.verify()["failed"] == []  # every MAC binds the id its row has
+    a.close()
+    b.close()

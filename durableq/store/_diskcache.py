@@ -111,6 +111,14 @@ _INSERT_ONE: Final = (
     f"SELECT n, {_READY}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, dq_sign(n, ?3, ?4) "
     "FROM (SELECT coalesce(max(id), 0) + 1 AS n FROM dq_message)"
 )
+# The same with the id guessed (and the MAC made) beforehand: inserts nothing unless the
+# guess is the id SQLite would pick, max + 1.
+_INSERT_GUESSED: Final = (
+    "INSERT INTO dq_message "
+    "(id, state, priority, due, created, body, deadline, bump, expires, mac) "
+    f"SELECT ?1, {_READY}, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 "
+    "WHERE (SELECT coalesce(max(id), 0) FROM dq_message) = ?1 - 1"
+)
 #: Pages in the message file's write-ahead log before a producer checkpoints it itself
 #: (SQLite's default is 1000: a put in ~250 paid for the copy and an fsync).
 PRODUCER_CHECKPOINT: Final = 16384
@@ -276,6 +284,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         if getattr(local, "pid", None) != _pid[0]:
             # A connection must never cross fork(): open fresh ones in each process.
             local.pid, local.messages, local.ledger = _pid[0], None, None
+            local.next_id = 0  # the id this connection's next put guesses (_commit_one)
         return local
 
     def _messages(self) -> sqlite3.Connection:
@@ -385,17 +394,30 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
 
     def _commit_one(self, con: sqlite3.Connection, slot: _Slot) -> None:
         row = slot.rows[0]
-        if not isinstance(row[3], bytes | bytearray | memoryview):
-            slot.error = StoreError(
-                f"a message body must be bytes, not {type(row[3]).__name__}"
-            )
+        body: Any = row[3]
+        if not isinstance(body, bytes | bytearray | memoryview):
+            slot.error = StoreError(f"a message body must be bytes, not {type(body).__name__}")
             return
+        local = self._connections()
+        guess: int = getattr(local, "next_id", 0)
         try:
-            cur = self._busy_retry("put", lambda: con.execute(_INSERT_ONE, row))
+            if guess:
+                # This connection's last put was id - 1; if nobody put since, this is the
+                # id SQLite picks, and the MAC is made here: no call back into Python (and
+                # the GIL) while the INSERT holds the write lock.
+                signed = (guess, *row, sign_message(self._mac_key(), guess, row[2], body))
+                cur = self._busy_retry("put", lambda: con.execute(_INSERT_GUESSED, signed))
+                if not cur.rowcount:
+                    guess = 0  # another producer's put came between: ask SQLite
+            if not guess:
+                cur = self._busy_retry("put", lambda: con.execute(_INSERT_ONE, row))
+                guess = int(cur.lastrowid or 0)
         except BaseException as exc:
+            local.next_id = 0
             slot.error = exc
             return
-        slot.ids = [int(cur.lastrowid or 0)]
+        local.next_id = guess + 1
+        slot.ids = [guess]
         self.commits += 1
 
     # -- the owner's verbs: they write the ledger only --------------------------------------

@@ -103,7 +103,9 @@ def _create_key(path: str) -> bytes:
     return key
 
 
-def sign_message(key: bytes, id_: int, created: float, body: bytes) -> bytes:
+def sign_message(
+    key: bytes, id_: int, created: float, body: bytes | bytearray | memoryview
+) -> bytes:
     # A copy of a keyed HMAC: cheaper than hmac.digest's one-shot (see _keyed).
     h = _keyed(key).copy()
     h.update(_MESSAGE.pack(b"dqm1", id_, created))
