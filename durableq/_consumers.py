@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from . import _wire as w
 from ._records import LeaseToken
+from ._wakeup import FrameReader
 
 T = TypeVar("T")
 
@@ -23,6 +24,7 @@ class Consumer:
     credit: int = 0
     nowait: bool = False
     said_bye: bool = False
+    reader: FrameReader | None = None  # once it said hello: its frames, off ``conn``
 
     def send(self, frame: tuple[Any, ...]) -> None:
         if self.conn is None:

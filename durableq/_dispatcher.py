@@ -45,7 +45,7 @@ from ._lazy import ALL, NONE, Gate, Lazy
 from ._policy import CRASH, ERROR, QUEUE_DEFAULT, TIMEOUT, FailedAttempt, RetryPolicy
 from ._records import Failure, Fault, LeaseToken
 from ._schedule import Timing
-from ._wakeup import Wakeup
+from ._wakeup import FrameReader, Waiter, Wakeup, readable
 from .store import Store
 
 T = TypeVar("T")
@@ -96,6 +96,7 @@ class Dispatcher(threading.Thread):
         self.stopping = False
         self._listener = w.listen(address)
         self._wakeup = Wakeup()
+        self._waiter = Waiter()
         #: A server store's peers commit without telling us: its subscription wakes us.
         watch_puts = getattr(store, "watch_puts", None)
         self._put_watch: Any = watch_puts() if watch_puts is not None else None
@@ -135,7 +136,7 @@ class Dispatcher(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stopping:
-                ready = wait(self._waitables(), self._timeout())
+                ready = self._waiter.wait(self._waitables(), self._timeout())
                 if not ready and self._waiters:
                     self._maybe_ready = True  # the safety re-check: see SAFETY_CHECK
                 for obj in ready:
@@ -224,10 +225,18 @@ class Dispatcher(threading.Thread):
         else:
             consumer = self._consumers[obj]
             try:
-                if not consumer.authed:
+                if consumer.reader is None:
+                    # The hello alone, bounded and unpickled: a stranger gets no further.
                     self._on_hello(consumer, obj.recv_bytes(w.HELLO_SIZE))
-                while not obj.closed and obj.poll():
-                    self._on_frame(consumer, w.recv(obj))
+                    if obj.closed or not consumer.authed:
+                        return
+                    consumer.reader = FrameReader(obj.fileno())
+                    if not readable(obj.fileno()):
+                        return
+                for frame in consumer.reader.read():  # all that came, in one system call
+                    if obj.closed:
+                        break
+                    self._on_frame(consumer, w.loads(frame))
             except (EOFError, OSError):
                 self._drop(consumer)
 

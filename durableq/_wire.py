@@ -45,7 +45,12 @@ def send(conn: Connection, frame: tuple[Any, ...]) -> None:
 
 
 def recv(conn: Connection) -> Any:
-    return pickle.loads(conn.recv_bytes())
+    return loads(conn.recv_bytes())
+
+
+def loads(frame: bytes) -> Any:
+    """A frame's tuple, from the bytes ``send`` wrote (read by a ``FrameReader``)."""
+    return pickle.loads(frame)
 
 
 def hello(secret: bytes) -> bytes:
