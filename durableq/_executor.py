@@ -286,7 +286,7 @@ class Executor(AdminMixin, futures.Executor):
         self._allowed = AllowList(allowed_modules) if allowed_modules is not None else None
         soft, hard = memory_limits(max_worker_memory, hard_worker_memory)
         auto = max_workers == "auto"
-        peers = _check_store(path, store, visibility_timeout)
+        peers = _check_store(path, store, visibility_timeout, key)
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         elif auto:
@@ -709,12 +709,15 @@ def _result_or_cancel(fut: TaskFuture, timeout: float | None) -> Any:
         del fut
 
 
-def _check_store(path: Any, store: Any, visibility_timeout: Any) -> bool:
+def _check_store(path: Any, store: Any, visibility_timeout: Any, key: Any) -> bool:
     """Refuse ``path`` with ``store``; returns whether the store's openers are peers."""
     if store is None:
         return False
     if path is not None:
         raise ValueError("pass path= or store=, not both: a store= keeps the tasks itself")
+    if key is not None:
+        raise ValueError("key= signs the records of a path= directory; a store= is opened "
+                         "with its own settings (server stores: docs/security.md)")
     if not isinstance(store, Store):
         raise TypeError(f"store must implement durableq.Store, not {type(store).__name__}")
     if (isinstance(visibility_timeout, bool) or not isinstance(visibility_timeout, int | float)

@@ -269,6 +269,8 @@ def test_store_is_checked_and_exclusive_of_path(tmp_path: Path) -> None:
         durableq.Executor(1, store=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="0 only with a server store"):
         durableq.Executor(0)
+    with pytest.raises(ValueError, match="key= signs"):
+        durableq.Executor(1, store=durableq.MemoryStore(), key=b"k" * 32)
     with pytest.raises(ValueError, match="visibility_timeout"):
         durableq.Executor(1, store=durableq.MemoryStore(), visibility_timeout=0)
     with pytest.raises(ValueError, match="redis://"):
