@@ -1,6 +1,5 @@
 """Server stores beside their peers: ``durableq.Queue`` on ``RedisStore`` vs RQ on the same
-Redis, and ``durableq.Queue`` on ``PostgresStore`` (no peer chosen yet: its figures stand
-alone).
+Redis, and ``durableq.Queue`` on ``PostgresStore`` vs procrastinate on the same PostgreSQL.
 
 Reproduce (from the repository root; about a minute on 2 CPUs)::
 
@@ -21,6 +20,15 @@ What is measured, "fork" start method, every child forked before the clock start
    no-op job per message; one ``SimpleWorker`` (jobs run in the worker process, no fork per
    job) runs them; a job finished is RQ's ack. Both keep their default history (durableq:
    10,000 done messages; RQ: results for 500 s).
+   procrastinate is the peer on PostgreSQL: the best-known Python job queue built on it
+   alone (psycopg 3, the driver ``PostgresStore`` uses), with plain synchronous tasks and
+   ``defer``; pgqueuer, the nearest other, is asyncio-first (its tasks are coroutines). Its
+   schema goes into a fresh database on the same server, dropped afterwards. The producer
+   defers a no-op job per message; one worker (``concurrency=1``, LISTEN/NOTIFY on, as by
+   default) runs them. Its worker marks a job ``doing`` when it takes it and ``succeeded``
+   when the task returns: that is its ack, and a worker that stops heartbeating has its
+   ``doing`` jobs retried, like durableq's redelivery of an unacked lease. It keeps
+   finished jobs (``delete_jobs="never"``, its default).
 2. Latency: one message every ``LATENCY_INTERVAL_S``, from the producer's
    ``perf_counter_ns()`` to the consumer's (CLOCK_MONOTONIC is shared across processes);
    p50 and p99.
@@ -29,6 +37,7 @@ What is measured, "fork" start method, every child forked before the clock start
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import multiprocessing as mp
 import os
@@ -51,6 +60,10 @@ CTX = mp.get_context("fork")
 DEFAULT_OUT = REPO / "bench" / "results" / "server_bench.json"
 WAIT_S = 300.0  # bound on any cross-process wait; only a hang reaches it
 LATENCY_INTERVAL_S = 0.02  # 50 messages/s: below every store's capacity, so no backlog
+#: Each durableq store and its peer on the same server, under the key of their ratio.
+PAIRS = {"ratio_redis_vs_rq": ("durableq RedisStore", "RQ (same Redis)"),
+         "ratio_postgres_vs_procrastinate": ("durableq PostgresStore",
+                                             "procrastinate (same PG)")}
 
 # -- RQ's side: the job and the worker ------------------------------------------------------
 
@@ -76,6 +89,39 @@ def _rq_producer(url: str, name: str, n: int, pace: float, start: Any) -> None:
         if pace:
             time.sleep(pace)
     q.enqueue(_rq_jobs.last)
+
+
+# -- procrastinate's side: the same shape on PostgreSQL ----------------------------------------
+
+
+def _pc_worker(url: str, start: Any, out: Any) -> None:
+    import asyncio
+
+    import _procrastinate_jobs
+
+    _procrastinate_jobs.out = out
+    app = _procrastinate_jobs.make_app(url)
+
+    async def work() -> None:
+        async with app.open_async():
+            start.wait(WAIT_S)  # the pool is open: connecting is not timed, as for the others
+            await app.run_worker_async(queues=["bench"], concurrency=1)
+
+    asyncio.run(work())
+
+
+def _pc_producer(url: str, n: int, pace: float, start: Any) -> None:
+    import _procrastinate_jobs
+
+    app = _procrastinate_jobs.make_app(url)
+    with app.open():
+        job, last = app.tasks["job"].configure(queue="bench"), app.tasks["last"]
+        start.wait(WAIT_S)
+        for i in range(n):
+            job.defer(i=i, stamp=time.perf_counter_ns())
+            if pace:
+                time.sleep(pace)
+        last.configure(queue="bench").defer()
 
 
 # -- durableq's side --------------------------------------------------------------------------
@@ -154,6 +200,17 @@ def rq_run(url: str, n: int, pace: float) -> dict[str, Any]:
             conn.delete(key)
 
 
+def procrastinate_run(url: str, n: int, pace: float) -> dict[str, Any]:
+    import _procrastinate_jobs
+
+    name = f"bench_procrastinate_{os.getpid()}_{time.monotonic_ns()}"
+    db_url = _procrastinate_jobs.create_database(url, name)
+    try:
+        return run(_pc_worker, _pc_producer, (db_url,), (db_url,), n, pace)
+    finally:
+        _procrastinate_jobs.drop_database(url, name)
+
+
 # -- servers, report ----------------------------------------------------------------------------
 
 
@@ -202,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         **machine(), "start_method": "fork", "n": n, "latency_n": latency_n,
         "latency_interval_s": LATENCY_INTERVAL_S,
         "versions": {"durableq": durableq.__version__, "rq": rq.__version__,
-                     "redis-py": redis.__version__},
+                     "redis-py": redis.__version__,
+                     "procrastinate": importlib.metadata.version("procrastinate"),
+                     "psycopg": importlib.metadata.version("psycopg")},
         "reproduce": reproduce_command(__file__, sys.argv[1:] if argv is None else argv),
     }}
     with servers(a.redis_url, a.postgres_url) as (redis_url, postgres_url):
@@ -216,25 +275,27 @@ def main(argv: list[str] | None = None) -> int:
             ("durableq RedisStore", lambda k, pace: durable(rs(), k, pace)),
             ("RQ (same Redis)", lambda k, pace: rq_run(redis_url, k, pace)),
             ("durableq PostgresStore", lambda k, pace: durable(ps(), k, pace)),
+            ("procrastinate (same PG)", lambda k, pace: procrastinate_run(postgres_url, k, pace)),
         ]
         for impl, fn in cases:
             print(f"  {impl}: throughput N={n}, latency N={latency_n} ...", flush=True)
             results[impl] = {"throughput": fn(n, 0.0), "latency": fn(latency_n,
                                                                      LATENCY_INTERVAL_S)}
-    dq, peer = results["durableq RedisStore"], results["RQ (same Redis)"]
-    rates = (dq["throughput"].get("msgs_per_s"), peer["throughput"].get("msgs_per_s"))
-    results["ratio_redis_vs_rq"] = rates[0] / rates[1] if all(rates) else None  # type: ignore[operator]
+    for key, (dq, peer) in PAIRS.items():
+        rates = (results[dq]["throughput"].get("msgs_per_s"),
+                 results[peer]["throughput"].get("msgs_per_s"))
+        results[key] = rates[0] / rates[1] if all(rates) else None  # type: ignore[operator]
     results["environment"]["loadavg_at_end"] = os.getloadavg()
     print(f"\nput -> get -> ack, 1 producer -> 1 consumer process (fork, {os.cpu_count()} CPUs)")
     print(f"{'impl':<26} {'msgs/s':>10} {'x peer':>7}   {'p50 ms':>8} {'p99 ms':>8}"
           f"  (latency: one message every {LATENCY_INTERVAL_S * 1000:g} ms)")
-    for impl in ("durableq RedisStore", "RQ (same Redis)", "durableq PostgresStore"):
+    ratios = {dq: results[key] for key, (dq, _) in PAIRS.items()}
+    for impl, _ in cases:
         t, lat = results[impl]["throughput"], results[impl]["latency"]
-        ratio = results["ratio_redis_vs_rq"] if impl == "durableq RedisStore" else None
+        ratio = ratios.get(impl)
         print(f"{impl:<26} {_fmt(t.get('msgs_per_s'), ',.0f'):>10} {_fmt(ratio, '.2f'):>7}   "
               f"{_fmt(lat.get('p50_ms'), '.2f'):>8} {_fmt(lat.get('p99_ms'), '.2f'):>8}"
               f"  {t.get('error', '') or lat.get('error', '')}")
-    print("PostgresStore: no peer on PostgreSQL chosen yet; its figures stand alone.")
     print(f"\nreproduce: {results['environment']['reproduce']}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=2) + "\n")
