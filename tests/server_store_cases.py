@@ -150,6 +150,7 @@ class ServerCases:
             msg.ack()
             acked.add(msg.body)
             if len(acked) == n // 3 and not restarted:
+                server.sync()  # the store is a second old: see RabbitMQServer.sync
                 server.restart()  # SIGKILL, then the same port and data
                 restarted = True
         producer.join(TIMEOUT)

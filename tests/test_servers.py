@@ -31,16 +31,21 @@ def test_rabbitmq_answers_and_keeps_durable_messages_across_a_kill(
     import pika
 
     con = pika.BlockingConnection(pika.URLParameters(rabbitmq_server.url))
-    channel = con.channel()
-    channel.confirm_delivery()
-    channel.queue_declare("durableq-test.kept", durable=True)
-    channel.basic_publish("", "durableq-test.kept", b"1",
-                          pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent))
-    con.close()
+    try:
+        channel = con.channel()
+        channel.confirm_delivery()
+        channel.queue_declare("durableq-test.kept", durable=True)
+        channel.basic_publish("", "durableq-test.kept", b"1",
+                              pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent))
+    finally:
+        con.close()
+    rabbitmq_server.sync()  # the queue is a second old: see RabbitMQServer.sync
     rabbitmq_server.restart()
     con = pika.BlockingConnection(pika.URLParameters(rabbitmq_server.url))
-    channel = con.channel()
-    _, _, body = channel.basic_get("durableq-test.kept", auto_ack=True)
-    assert body == b"1", "a confirmed persistent message must survive a kill"
-    channel.queue_delete("durableq-test.kept")
-    con.close()
+    try:  # closed even on failure: a leaked connection fails a later test's teardown
+        channel = con.channel()
+        _, _, body = channel.basic_get("durableq-test.kept", auto_ack=True)
+        assert body == b"1", "a confirmed persistent message must survive a kill"
+        channel.queue_delete("durableq-test.kept")
+    finally:
+        con.close()
