@@ -12,7 +12,9 @@ import gc
 import itertools
 import multiprocessing
 import os
+import pickle
 import signal
+import threading
 from typing import Any, ClassVar
 
 import pytest
@@ -74,6 +76,33 @@ class ServerCases:
 
     def fresh(self, url: str, **options: Any) -> Any:
         return fresh(self.store_class, url, **options)
+
+    def test_pickles_by_url(self, server: Any) -> None:
+        s = self.fresh(server.url)
+        s.put_many([b"x"])
+        clone = pickle.loads(pickle.dumps(s))
+        assert clone.counts().ready == 1 and clone.name == s.name
+        s.close()
+        clone.close()
+
+    def test_concurrent_leases_never_share_a_message(self, server: Any) -> None:
+        s = self.fresh(server.url)
+        s.put_many([b"%d" % i for i in range(200)])
+        got: list[int] = []
+        start = threading.Barrier(4)
+
+        def take() -> None:
+            start.wait()
+            while batch := s.lease("me", 7, now=1e12, ttl=30):
+                got.extend(x.token.id for x in batch)
+
+        threads = [threading.Thread(target=take) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(got) == list(range(1, 201))
+        s.close()
 
     def test_queue_across_processes(self, server: Any) -> None:
         q = durableq.Queue(store=self.fresh(server.url), ctx=FORK)

@@ -59,37 +59,6 @@ class TestRabbitMQStore(StoreContract):
     def make_store(self, tmp_path: Path) -> Store:
         return fresh(self.url)
 
-    def test_pickles_by_url(self) -> None:
-        import pickle
-
-        s = fresh(self.url)
-        s.put_many([b"x"])
-        clone = pickle.loads(pickle.dumps(s))
-        assert clone.counts().ready == 1 and clone.name == s.name
-        s.close()
-        clone.close()
-
-    def test_concurrent_leases_never_share_a_message(self) -> None:
-        import threading
-
-        s = fresh(self.url)
-        s.put_many([b"%d" % i for i in range(200)])
-        got: list[int] = []
-        start = threading.Barrier(4)
-
-        def take() -> None:
-            start.wait()
-            while batch := s.lease("me", 7, now=1e12, ttl=30):
-                got.extend(x.token.id for x in batch)
-
-        threads = [threading.Thread(target=take) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert sorted(got) == list(range(1, 201))
-        s.close()
-
 
 class TestRabbitMQCommandStore(CommandStoreContract):
     @pytest.fixture(autouse=True)

@@ -35,16 +35,6 @@ class TestRedisStore(StoreContract):
     def make_store(self, tmp_path: Path) -> Store:
         return fresh(self.url)
 
-    def test_pickles_by_url(self) -> None:
-        import pickle
-
-        s = fresh(self.url)
-        s.put_many([b"x"])
-        clone = pickle.loads(pickle.dumps(s))
-        assert clone.counts().ready == 1 and clone.name == s.name
-        s.close()
-        clone.close()
-
 
 class TestRedisCommandStore(CommandStoreContract):
     @pytest.fixture(autouse=True)
