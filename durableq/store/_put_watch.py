@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from ._server import redis_pubsub
+
 if TYPE_CHECKING:
     from ._postgres import PostgresStore
     from ._redis import RedisStore
@@ -78,7 +80,7 @@ class RedisPutWatch(PutWatch):
         self._store, self._channel = store, store.prefix + topic
 
     def _connect(self) -> Any:
-        pubsub = self._store.redis().pubsub()  # type: ignore[no-untyped-call]
+        pubsub = redis_pubsub(self._store.redis())
         pubsub.subscribe(self._channel)
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:

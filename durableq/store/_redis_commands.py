@@ -23,6 +23,7 @@ from .._errors import CommandStateError, StoreError
 from .._records import LeaseToken, State
 from ._commandstore import CommandCounts, CommandRow, check_state, missing_error, select_live
 from ._commandstore import to_row as _to_row
+from ._server import redis_pubsub
 
 if TYPE_CHECKING:
     import redis
@@ -349,7 +350,7 @@ class RedisWatch:
     def __init__(self, store: RedisCommands, target: str) -> None:
         self._store = store
         self._channel = f"{store.prefix}cw:{target}"
-        self._pubsub = store.redis().pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = redis_pubsub(store.redis())
         store._retry("command watch", self._subscribe)
 
     def _subscribe(self) -> None:
@@ -373,7 +374,7 @@ class RedisWatch:
             except (r.ConnectionError, r.TimeoutError):
                 # The server restarted: subscribe again; what came meanwhile may be ready.
                 self._pubsub.close()
-                self._pubsub = self._store.redis().pubsub()  # type: ignore[no-untyped-call]
+                self._pubsub = redis_pubsub(self._store.redis())
                 self._store._retry("command watch", self._subscribe)
                 return True
             if msg is not None and msg["type"] == "message":

@@ -23,3 +23,10 @@ def check_payloads(payloads: Sequence[Any]) -> None:
     for p in payloads:
         if not isinstance(p, bytes | bytearray | memoryview):
             raise StoreError(f"payloads must be bytes, not {type(p).__name__}")
+
+
+def redis_pubsub(client: Any) -> Any:
+    """``client.pubsub()``, typed ``Any``: redis-py's annotations of it changed between
+    releases (untyped before 8), and a subscription is used only through calls checked at
+    run time."""
+    return client.pubsub()
