@@ -32,6 +32,9 @@ FAST_REFILL = 0.005
 #: Acks are held back at most this many, or this long, while messages flow from the buffer.
 ACK_BATCH = 128
 ACK_DELAY = 0.010
+#: Puts after which a producer tells the owner even when no consumer waits: the owner then
+#: drains the put logs, so that a backlog is in the message table before anyone asks.
+ANNOUNCE_EVERY = 1024
 
 
 class _Link:
@@ -79,6 +82,7 @@ class Client:
         self._credit = 1
         self._refilled = 0.0
         self._acks_sent = 0.0
+        self._unannounced = 0  # puts not told to the owner (notify_put)
         # Runs when this client is collected (its thread ended) or at clean process exit,
         # before the owner itself stops (exitpriority -10).
         util.Finalize(self, _say_bye, args=(self.link,), exitpriority=10)
@@ -150,8 +154,10 @@ class Client:
         """Tell the owner that ``n`` messages due at ``due`` (bumped or expiring at
         ``event``) are committed. Best effort: they are durable, and the owner finds them
         in the store anyway."""
-        if not self.hungry.value:
+        self._unannounced += n
+        if not self.hungry.value and self._unannounced < ANNOUNCE_EVERY:
             return  # no consumer waits: the next WANT looks at the store anyway
+        self._unannounced = 0
         try:
             self.send((w.PUT, n, due, event))
         except OwnerGone:

@@ -91,6 +91,9 @@ class Dispatcher(threading.Thread):
         self.release_slot = release_slot
         self.take_slot = take_slot
         self.hungry = hungry  # shared byte: 1 while a consumer waits, so producers notify
+        self._absorb = False  # a producer announced puts: drain its log if no one waits
+        #: The store's put-log drain (``DiskcacheStore.ingest``), where it has one.
+        self._ingest: Callable[[], None] | None = getattr(store, "ingest", None)
         self.owner_id = f"{socket.gethostname()}:{os.getpid()}"
         self.counters = Counters()
         self.stopping = False
@@ -267,6 +270,7 @@ class Dispatcher(threading.Thread):
             self._settle(c, frame[1], ack=False, requeue=frame[2], why=frame[3:])
         elif kind == w.PUT:
             self._coming(frame[2], frame[3])
+            self._absorb = True
         elif kind == w.CANCEL:
             if c.waiting:
                 c.waiting = False
@@ -503,6 +507,10 @@ class Dispatcher(threading.Thread):
         if self._puts:
             self._commit_puts()
         self._apply()
+        if self._absorb:
+            self._absorb = False
+            if not self._waiters and self._ingest is not None:
+                self._ingest()  # puts piled up with no one waiting: take them in now
         if self._waiters and self._maybe_ready:
             self._deliver()
         self.hungry.value = 1 if self._waiters else 0

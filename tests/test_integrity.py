@@ -69,6 +69,7 @@ def test_a_bad_record_is_quarantined_never_unpickled_and_the_queue_goes_on(
         other.close()
     else:
         q.put("victim")
+        q.qsize()  # a read: the put log is moved into the message table
         (victim,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
         if how == "tampered":
             con.execute("UPDATE dq_message SET body = ? WHERE id = ?", (evil(marker), victim))

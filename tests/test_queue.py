@@ -303,6 +303,11 @@ class FailingStore(durableq.DiskcacheStore):
             raise durableq.StoreError("disk full (simulated)")
         return super().put_many(payloads, **kw)
 
+    def put_quiet(self, payloads: Any, **kw: Any) -> None:
+        if self.fail:
+            raise durableq.StoreError("disk full (simulated)")
+        super().put_quiet(payloads, **kw)
+
 
 def test_store_failure_raises_sets_fault_and_stores_nothing(tmp_path: Path) -> None:
     store = FailingStore(tmp_path / "q")

@@ -271,6 +271,29 @@ class TestDiskcacheStore(StoreContract):
         assert s.counts().acked_total == 300
         s.close()
 
+    def test_acks_in_a_stream_are_collected_by_a_helper_thread(self, tmp_path: Path) -> None:
+        import threading
+
+        from durableq.store._diskcache import GC_BATCH
+
+        s = DiskcacheStore(tmp_path / "q")
+        s.put_many([b"%d" % i for i in range(3 * GC_BATCH)])
+        leased = s.lease("me", 3 * GC_BATCH, now=T0, ttl=30)
+        s.ack([x.token for x in leased[:GC_BATCH]])  # a batch: handed to the helper
+        job = s._collector
+        assert job is not None and any(t.name == "durableq-collect" for t in threading.enumerate())
+        assert job.done.wait(10) and job.error is None
+        s.ack([x.token for x in leased[GC_BATCH:]])  # the owner finishes the first batch
+        s.close()  # and waits for the helper's second one
+        con = sqlite3.connect(tmp_path / "q" / "owner.db")
+        assert con.execute("SELECT count(*) FROM dq_delivery").fetchone() == (0,)
+        con.close()
+        s = DiskcacheStore(tmp_path / "q")
+        done = s.listing([State.DONE], now=T0 + 1, limit=10 * GC_BATCH)
+        assert [r.id for r in done] == [x.token.id for x in leased]  # all in history
+        assert s.counts().acked_total == 3 * GC_BATCH and s.counts().ready == 0
+        s.close()
+
     def test_failed_batch_leaves_nothing(self, tmp_path: Path) -> None:
         s = DiskcacheStore(tmp_path / "q")
         with pytest.raises(StoreError):

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final
 
 import diskcache
@@ -33,6 +33,7 @@ from .._policy import Retention
 from .._records import Fault, Leased, LeaseToken, Priority, State
 from .._security import DATABASES, create_private, make_directory, tighten
 from ._integrity import Integrity, sign_message
+from ._putlog import Drained, LogReader, LogWriter, drains_first
 from ._sqlite import SET_BASED, SYNC, Busy, SQLiteFiles, guarded, is_busy, many
 from ._sqlite_commands import SQLiteCommands
 from ._sqlite_policy import PolicyVerbs, drop_messages
@@ -75,6 +76,7 @@ CREATE INDEX IF NOT EXISTS dq_message_finished ON dq_message (finished)
     WHERE finished IS NOT NULL;
 CREATE INDEX IF NOT EXISTS dq_message_tombstone ON dq_message (id)
     WHERE state = {_DONE} AND finished IS NULL;
+CREATE TABLE IF NOT EXISTS dq_log (name TEXT PRIMARY KEY, offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS dq_fault (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
 );
@@ -119,6 +121,9 @@ _INSERT_GUESSED: Final = (
     f"SELECT ?1, {_READY}, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 "
     "WHERE (SELECT coalesce(max(id), 0) FROM dq_message) = ?1 - 1"
 )
+#: Batches of at least this many messages are committed to the message table by their
+#: producer (``put_quiet``), not appended to its put log.
+DIRECT_BATCH: Final = 64
 #: Pages in the message file's write-ahead log before a producer checkpoints it itself
 #: (SQLite's default is 1000: a put in ~250 paid for the copy and an fsync).
 PRODUCER_CHECKPOINT: Final = 16384
@@ -179,6 +184,7 @@ _COLLECT_ONE: Final = (
     "UPDATE dq_message SET state = ?, attempts = ?, finished = ?, flags = ?, "
     "bump = NULL, expires = NULL WHERE id = ?"
 )
+_UNLOG: Final = "DELETE FROM dq_log WHERE name IN (SELECT column1 FROM (VALUES {values}))"
 _UNLEDGER: Final = (
     f"DELETE FROM dq_delivery WHERE state IN ({_DONE}, {_DEAD}, {_EXPIRED}) "
     "AND id IN (SELECT column1 FROM (VALUES {values}))"
@@ -217,6 +223,13 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
     _local: threading.local
     _group: list[_Slot]
     _leading: bool
+    _log_writer: LogWriter | None  # this process's put log, made by its first put_quiet
+    _log_reader: LogReader | None
+    _log_lock: threading.Lock
+    _attached: bool
+    _collector: _Collection | None  # a batch being moved by a helper thread
+    _helper: _Helper | None
+    _drain_guess: int
     #: Put transactions committed by this process (group commit makes it < puts).
     commits: int
 
@@ -277,6 +290,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         store = cls.__new__(cls)
         store.__setstate__({"path": os.path.abspath(os.fspath(path)), "sync": "normal",
                             "timeout": timeout, "key": None})
+        store._attached = True
         return store
 
     def _connections(self) -> Any:
@@ -420,9 +434,132 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         slot.ids = [guess]
         self.commits += 1
 
+    @guarded
+    def put_quiet(
+        self,
+        payloads: Sequence[bytes],
+        *,
+        priority: int = Priority.MEDIUM,
+        due: float = 0.0,
+        deadline: float | None = None,
+        bump: float | None = None,
+        expires: float | None = None,
+    ) -> None:
+        """``put_many`` for a caller that needs no ids (``Queue.put``): appends one frame
+        to this process's put log (``_putlog``), durable once this returns; the next
+        reader of the store moves it into the message table, ids and all."""
+        if len(payloads) >= DIRECT_BATCH:
+            # A large batch costs a few us a row in one transaction, paid here and not by
+            # the reader; this process's earlier frames go first, so its order holds.
+            self._drain()
+            self.put_many(
+                payloads, priority=priority, due=due, deadline=deadline, bump=bump,
+                expires=expires,
+            )
+            return
+        now = self.clock.time()
+        rows = [(priority, due, now, p, deadline, bump, expires) for p in payloads]
+        writer = self._log_writer
+        if writer is None:
+            with self._log_lock:
+                if self._log_writer is None:
+                    self._log_writer = LogWriter(
+                        self.path, self._mac_key(), full_sync=self.sync == "full"
+                    )
+                writer = self._log_writer
+        writer.append(rows)
+
+    @guarded
+    def ingest(self) -> None:
+        """Move what the put logs hold into the message table now (an owner told that
+        puts piled up, so that no later read pays for all of them at once)."""
+        self._drain()
+
+    def _drain(self) -> None:
+        """Move what the put logs hold into the message table (see ``_putlog``): called by
+        every verb that reads the delivery order or its counts."""
+        if self._attached:
+            # A reader (inspect, the command line) moves them too, as the owner would:
+            # nothing changes but where they are kept. Best effort: it may lack the key,
+            # or the right to write, and then shows what was moved already.
+            try:
+                self._drain_logs()
+            except (StoreError, ConfigurationError, OSError):
+                pass
+        else:
+            self._drain_logs()
+
+    def _drain_logs(self) -> None:
+        reader = self._log_reader
+        if reader is None:
+            with self._log_lock:
+                if self._log_reader is None:
+                    self._log_reader = LogReader(self.path, self._mac_key(create=False))
+                reader = self._log_reader
+        if not reader.pending():
+            return
+        con = self._messages()
+        with self._log_lock:
+            try:
+                drained = self._drain_once(con, reader, reader.offsets)
+            except _Raced:  # another process drained too: read where it left off
+                reader.offsets = None
+                drained = self._drain_once(con, reader, None)
+        for name in drained.finished:  # read to the end, committed, the writer gone
+            reader.remove(name)
+        now = self.clock.time()
+        for problem in drained.problems:
+            (self.on_integrity_fault or self.record_fault)(Fault("quarantined", now, problem))
+
+    def _drain_once(
+        self, con: sqlite3.Connection, reader: LogReader, known: dict[str, int] | None
+    ) -> Drained:
+        """One drain transaction. ``known``: the offsets this process last committed or
+        read, trusted without a read; each is checked as it is advanced (``_Raced`` rolls
+        everything back when another process moved one meanwhile)."""
+        with self._write(con):
+            offsets = known
+            if offsets is None:
+                offsets = dict(con.execute("SELECT name, offset FROM dq_log").fetchall())
+            drained = reader.read(offsets)
+            rows = drained.rows
+            if len(rows) == 1 and self._drain_guess:
+                # As a single put does: guess the id (our last + 1), sign it beforehand.
+                guess, row = self._drain_guess, rows[0]
+                signed = (guess, *row, sign_message(self._mac_key(), guess, row[2], row[3]))
+                if not con.execute(_INSERT_GUESSED, signed).rowcount:
+                    self._drain_guess = 0
+            if rows and not (len(rows) == 1 and self._drain_guess):
+                (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
+                self._drain_guess = (top or 0) + 1
+                ids = range(self._drain_guess, self._drain_guess + len(rows))
+                many(con, _INSERT_MANY, self._signed(ids, rows))
+            self._drain_guess += len(rows)
+            for name, end in drained.offsets:
+                if name in offsets:
+                    moved = con.execute(
+                        "UPDATE dq_log SET offset = ? WHERE name = ? AND offset = ?",
+                        (end, name, offsets[name]),
+                    ).rowcount
+                else:
+                    moved = con.execute(
+                        "INSERT OR IGNORE INTO dq_log (name, offset) VALUES (?, ?)", (name, end)
+                    ).rowcount
+                if not moved:
+                    raise _Raced
+            if drained.stale:  # logs deleted after an earlier drain committed
+                many(con, _UNLOG, [(n,) for n in drained.stale])
+        new = dict(offsets)
+        new.update(drained.offsets)
+        for name in drained.stale:
+            new.pop(name, None)
+        reader.offsets = new
+        return drained
+
     # -- the owner's verbs: they write the ledger only --------------------------------------
 
     @guarded
+    @drains_first
     def lease(
         self, owner: str, n: int, *, now: float, ttl: float, max_priority: int = Priority.LOW
     ) -> list[Leased]:
@@ -480,7 +617,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         applied = self._settle(tokens, _DONE, results)
         self._uncollected += applied
         if self._uncollected >= GC_BATCH:
-            self.collect(wait=False)
+            self._collect_beside()
         return applied
 
     @guarded
@@ -499,6 +636,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         return applied
 
     @guarded
+    @drains_first
     def discard(self, ids: Sequence[int]) -> int:
         # Marked done in the ledger (without counting as acked): collected like an ack.
         con = self._ledger()
@@ -508,6 +646,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         return applied
 
     @guarded
+    @drains_first
     def unfinished(self, upto: int) -> list[int]:
         return [i for (i,) in self._read(_UNFINISHED, (upto,))]
 
@@ -542,14 +681,73 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         With ``wait=False`` it gives up at once if a producer holds the lock; the rows stay
         marked in the ledger and are collected next time. Returns how many were collected.
         """
-        ledger = self._ledger()
-        rows = self._read(
-            f"SELECT id, state, attempts, expiry, flags FROM dq_delivery "
-            f"WHERE state IN ({_DONE}, {_DEAD}, {_EXPIRED})"
-        )
+        self._finish_collecting()  # one at a time: a later one sees what it did
+        rows = self._finished_rows()
         if not rows:
             self._uncollected = 0
             return 0
+        try:
+            self._move(rows, wait=wait)
+        except Busy:
+            return 0
+        self._unledger(rows)
+        self._uncollected = 0
+        return len(rows)
+
+    def _collect_beside(self) -> None:
+        """``collect`` for a busy owner (from ``ack``): the message-file half runs in a
+        helper thread, whose SQLite work (the updates, the history trim, the checkpoint)
+        runs beside the owner's instead of in its turn; the owner drops the ledger entries
+        once it is done, at a later ack. One batch at a time."""
+        job = self._collector
+        if job is not None:
+            if not job.done.is_set():
+                return  # still at it: these rows wait for the next batch
+            self._finish_collecting()
+        rows = self._finished_rows()
+        self._uncollected = 0
+        if not rows:
+            return
+        job = self._collector = _Collection(rows)
+        with self._log_lock:
+            helper = self._helper
+            if helper is None:
+                helper = self._helper = _Helper(self._move_beside)
+        helper.give(job)
+
+    @guarded
+    def _move_beside(self, job: _Collection) -> None:
+        try:
+            self._move(job.rows, wait=False)
+        except Busy:
+            job.rows = []  # a producer holds the lock: the rows stay marked, for next time
+        except sqlite3.Error as exc:
+            job.error = self._error("collect", exc)
+        except BaseException as exc:  # handed to the owner's thread by _finish_collecting
+            job.error = exc
+        finally:
+            job.done.set()
+
+    def _finish_collecting(self) -> None:
+        """Wait for the helper's batch, if any, and drop its rows' ledger entries; raise
+        what it raised (the rows stay marked, collected again next time)."""
+        job, self._collector = self._collector, None
+        if job is None:
+            return
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        if job.rows:
+            self._unledger(job.rows)
+
+    def _finished_rows(self) -> list[Any]:
+        return self._read(
+            f"SELECT id, state, attempts, expiry, flags FROM dq_delivery "
+            f"WHERE state IN ({_DONE}, {_DEAD}, {_EXPIRED})"
+        )
+
+    def _move(self, rows: list[Any], *, wait: bool) -> None:
+        """The message-file half of ``collect``, then a checkpoint if the log grew."""
         keep = self.retention.keeps
         gone = {
             r[0] for r in rows
@@ -557,24 +755,22 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         }
         kept = [(r[1], r[2], r[3], r[4], r[0]) for r in rows if r[0] not in gone]
         con = self._messages()
-        try:
-            with self._write(con) if wait else self._try_write(con):
-                (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
-                drop_messages(con, "dq_message", gone, top)  # the newest stays a tombstone
-                if SET_BASED:
-                    many(con, _COLLECT, kept)
-                else:
-                    con.executemany(_COLLECT_ONE, kept)
-                self._collected += len(kept)
-                if self._collected >= max(TRIM_EVERY, (self.retention.count or 0) // 2):
-                    self._trim(con, top)
-        except Busy:
-            return 0
+        with self._write(con) if wait else self._try_write(con):
+            (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
+            drop_messages(con, "dq_message", gone, top)  # the newest stays a tombstone
+            if SET_BASED:
+                many(con, _COLLECT, kept)
+            else:
+                con.executemany(_COLLECT_ONE, kept)
+            self._collected += len(kept)
+            if self._collected >= max(TRIM_EVERY, (self.retention.count or 0) // 2):
+                self._trim(con, top)
+        self._checkpoint(con)
+
+    def _unledger(self, rows: list[Any]) -> None:
+        ledger = self._ledger()
         with self._write(ledger, "BEGIN"):
             many(ledger, _UNLEDGER, [(r[0],) for r in rows])
-        self._uncollected = 0
-        self._checkpoint(con)
-        return len(rows)
 
     def _checkpoint(self, con: sqlite3.Connection) -> None:
         """Copy the message file's log into the database once it passed CHECKPOINT_BYTES,
@@ -592,6 +788,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
                 raise self._error("checkpoint", exc) from exc
 
     @guarded
+    @drains_first
     def requeue_expired(self, now: float) -> int:
         con = self._ledger()
         with self._write(con, "BEGIN"):
@@ -619,6 +816,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         return rows
 
     @guarded
+    @drains_first
     def has_ready(self, now: float) -> bool:
         con = self._ledger()
         return bool(self._busy_retry("read", lambda: self._candidates(con, now, 1)))
@@ -644,12 +842,22 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
 
     @guarded
     def close(self) -> None:
+        try:
+            self._finish_collecting()
+        except Exception:
+            pass  # its rows stay marked: collected by whoever opens the store next
         local = self._local
         if getattr(local, "pid", None) == os.getpid():
             for con in (local.messages, local.ledger):
                 if con is not None:
                     con.close()
         self._local = threading.local()
+        with self._log_lock:
+            if self._log_writer is not None:
+                self._log_writer.close()  # its lock goes: the log is deleted once read
+            if self._log_reader is not None:
+                self._log_reader.close()
+            self._log_writer = self._log_reader = None
 
     # -- pickling: by path, reconnecting in the new process --------------------------------
 
@@ -676,6 +884,13 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         self._group_lock = threading.Lock()
         self._leading = False
         self.commits = 0
+        self._log_writer = None
+        self._log_reader = None
+        self._log_lock = threading.Lock()
+        self._attached = False
+        self._collector = None
+        self._drain_guess = 0  # the id this process's next one-row drain guesses
+        self._helper = None
 
     def __repr__(self) -> str:
         return f"DiskcacheStore({self.path!r}, sync={self.sync!r})"
@@ -698,6 +913,11 @@ def _after_fork_in_child() -> None:
     _pid[0] = os.getpid()
     for store in list(_live):
         _inherited.append(store._local)
+        # The parent's put log and its lock are not the child's: drop our copies of them.
+        if store._log_writer is not None:
+            store._log_writer.forget()
+        if store._log_reader is not None:
+            store._log_reader.forget()
         store._init_process_state()
 
 
@@ -743,6 +963,53 @@ def _signer(store: weakref.ref[DiskcacheStore]) -> Any:
         return sign_message(owner._mac_key(), id_, created, body)
 
     return sign
+
+
+class _Raced(Exception):
+    """Another process drained a put log while this one did: roll back, read again."""
+
+
+class _Collection:
+    """One batch of finished rows that a helper thread moves (``_collect_beside``)."""
+
+    __slots__ = ("done", "error", "rows")
+
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class _Helper:
+    """A thread that runs one job at a time and ends after ``LINGER`` seconds without one,
+    so that a busy store keeps one thread (and its SQLite connection) and an idle or
+    closed one keeps none."""
+
+    LINGER: ClassVar[float] = 0.2
+
+    def __init__(self, run: Callable[[_Collection], None]) -> None:
+        self._run = run
+        self._cond = threading.Condition(threading.Lock())
+        self._job: _Collection | None = None
+        self._running = False
+
+    def give(self, job: _Collection) -> None:
+        with self._cond:
+            self._job = job
+            self._cond.notify()
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._loop, name="durableq-collect", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._job is None:
+                    if not self._cond.wait(self.LINGER) and self._job is None:
+                        self._running = False
+                        return
+                job, self._job = self._job, None
+            self._run(job)
 
 
 class _Slot:

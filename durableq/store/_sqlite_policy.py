@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._policy import CAUSES, FailedAttempt, Verdict, decide
 from .._records import Counts, Failure, Priority, Record, State
+from ._putlog import drains_first
 from ._sqlite import guarded
 
 if TYPE_CHECKING:
@@ -178,6 +179,7 @@ class PolicyVerbs:
     # -- time: deadlines and expiry ----------------------------------------------------------
 
     @guarded
+    @drains_first
     def tick(self, now: float) -> list[int]:
         """Bump messages whose deadline window opened to HIGH and expire undelivered ones
         past their expiry. Returns the ids that expired; writes nothing when none is due."""
@@ -203,6 +205,7 @@ class PolicyVerbs:
         return expired
 
     @guarded
+    @drains_first
     def next_due(self, now: float) -> float | None:
         """The earliest time after ``now`` when something changes: a scheduled message
         comes due, a deadline window opens, an expiry passes. One index seek each, so time
@@ -229,6 +232,7 @@ class PolicyVerbs:
     # -- reads ---------------------------------------------------------------------------------
 
     @guarded
+    @drains_first
     def counts(self) -> Counts:
         # Waiting messages per band, ready or scheduled: index range counts (no row is
         # read), less the few the ledger or an unapplied expiry takes out of them.
@@ -289,6 +293,7 @@ class PolicyVerbs:
         )
 
     @guarded
+    @drains_first
     def records(
         self,
         states: Sequence[State],
@@ -311,6 +316,7 @@ class PolicyVerbs:
         return [_record(r) for r in self._authentic(rows)]  # never a forged body
 
     @guarded
+    @drains_first
     def record(self, id: int) -> Record | None:
         """One stored message, whatever its state (its state as the ledger says)."""
         rows = self._read(f"{_RECORD} WHERE id = ? AND length(body) > 0", (id,))
@@ -327,6 +333,7 @@ class PolicyVerbs:
     # -- repairs -----------------------------------------------------------------------------
 
     @guarded
+    @drains_first
     def revive(self, ids: Sequence[int] | None, *, now: float) -> list[int]:
         """Dead messages (all when ``ids`` is None) back to ready, with fresh failure
         budgets; returns the ids revived."""
@@ -351,6 +358,7 @@ class PolicyVerbs:
         return found
 
     @guarded
+    @drains_first
     def purge(self, states: Sequence[State], *, older_than: float | None = None) -> int:
         """Delete finished messages in ``states`` that finished before ``older_than``
         (all of them when None); returns how many."""
@@ -407,6 +415,7 @@ class PolicyVerbs:
     # -- the command line's reads and repairs (durableq ls, doctor) ------------------------
 
     @guarded
+    @drains_first
     def listing(
         self, states: Sequence[State], *, now: float, after: int = 0, limit: int = 100
     ) -> list[Record]:
@@ -424,6 +433,7 @@ class PolicyVerbs:
         return [_record(r) for r in self._authentic(rows[:limit])]  # never a forged body
 
     @guarded
+    @drains_first
     def tallies(self) -> dict[str, int]:
         """The counts that cost an index seek or a count over a small set, never a scan
         of the backlog: lifetime totals, messages in flight, dead and expired. For
