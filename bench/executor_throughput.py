@@ -75,6 +75,9 @@ DQ_NONE = "durableq path=None"
 SUBMIT = "submit"
 IMAP1 = "imap_unordered(1)"
 TASKS: dict[str, Callable[[int], int]] = {"no-op": noop, "1 ms": spin}
+#: No-op map runs take this many times --n tasks: chunked, a task costs ~1 us, and 4x (20k
+#: tasks, ~20 ms) left the ratio to start-up noise (0.68x to 1.41x between runs).
+MAP_FACTOR = 40
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class Sizes:
     def count(self, task: str, shape: str) -> int:
         # map with chunks is cheap per task: give it more, so its time is not all start-up
         n = self.n if task == "no-op" else self.n_1ms
-        return n * 4 if shape.startswith("map") and task == "no-op" else n
+        return n * MAP_FACTOR if shape.startswith("map") and task == "no-op" else n
 
 
 FULL = Sizes(n=5_000, n_1ms=2_000, chunksize=100, latency_n=300, idle_s=2.0,
@@ -636,7 +639,7 @@ def environment(sizes: Sizes, argv: list[str]) -> dict[str, Any]:
 def parse_args(argv: list[str]) -> tuple[Sizes, Path]:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--quick", action="store_true", help="smoke run, about 10 s")
-    p.add_argument("--n", type=int, help="tasks per no-op run (map runs get 4x)")
+    p.add_argument("--n", type=int, help="tasks per no-op run (map runs get MAP_FACTOR x as many)")
     p.add_argument("--n-1ms", type=int, help="tasks per 1 ms run")
     p.add_argument("--chunksize", type=int, help="chunksize of every map")
     p.add_argument("--latency-n", type=int, help="tasks in the one-at-a-time latency run")
