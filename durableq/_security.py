@@ -22,6 +22,8 @@ from ._errors import UnsafePath
 #: each database and gives them the database file's permissions.
 DATABASES: Final = ("cache.db", "owner.db", "commands.db")
 FILES: Final = (*DATABASES, "owner.lock", "key")
+#: Directories durableq keeps in a queue directory: the producers' put logs.
+DIRECTORIES: Final = ("logs",)
 
 
 def _files(directory: str) -> Iterable[str]:
@@ -49,7 +51,7 @@ def check_directory(directory: str) -> None:
     """Raise ``UnsafePath`` if another user could write to ``directory`` or replace it.
 
     Checks the directory, every directory above it (symbolic links resolved), and the
-    files durableq keeps in it.
+    files and directories durableq keeps in it.
     """
     uid = os.geteuid()
     real = os.path.realpath(directory)
@@ -65,6 +67,18 @@ def check_directory(directory: str) -> None:
         if fst.st_uid != uid or stat.S_ISLNK(fst.st_mode):
             what = "a symbolic link" if stat.S_ISLNK(fst.st_mode) else f"owned by uid {fst.st_uid}"
             raise UnsafePath(name, f"it is {what}", fix=f"remove it, or chown {uid} {name}")
+    for name in DIRECTORIES:
+        name = os.path.join(real, name)
+        try:
+            dst = os.lstat(name)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(dst.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(dst.st_mode) else "not a directory"
+            raise UnsafePath(name, f"it is {what}", fix="remove it, or move it aside")
+        why = _problem(name, dst, leaf=True, uid=uid)
+        if why is not None:
+            raise UnsafePath(name, why, fix=_fix(name, dst, uid, leaf=True))
     parent = real
     while True:
         parent, child = os.path.split(parent)

@@ -114,3 +114,35 @@ def test_a_parent_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(parent, OTHER_UID, -1)
     with pytest.raises(UnsafePath, match=f"its parent {parent}"):
         DiskcacheStore(parent / "q")
+
+
+@pytest.mark.parametrize("how", ["symlink", "file", "group-writable"])
+def test_a_put_log_directory_that_is_not_ours_alone_is_refused(tmp_path: Path, how: str) -> None:
+    # Producers write every message into logs/: swapped for a link, their bodies would go
+    # wherever it points.
+    path = tmp_path / "q"
+    DiskcacheStore(path).close()
+    logs = path / "logs"
+    if how == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        logs.symlink_to(tmp_path / "elsewhere")
+    elif how == "file":
+        logs.write_bytes(b"")
+    else:
+        logs.mkdir(mode=0o700)
+        logs.chmod(0o770)
+    expected = {"symlink": "a symbolic link", "file": "not a directory",
+                "group-writable": "writable by its group"}[how]
+    with pytest.raises(UnsafePath, match=expected) as info:
+        DiskcacheStore(path)
+    assert str(logs) in str(info.value)
+    DiskcacheStore(path, trusted=True).close()
+
+
+def test_a_put_log_directory_made_by_a_producer_passes_the_check(tmp_path: Path) -> None:
+    path = tmp_path / "q"
+    s = DiskcacheStore(path)
+    s.put_quiet([b"x"])
+    assert stat.S_IMODE((path / "logs").stat().st_mode) == 0o700
+    s.close()
+    DiskcacheStore(path).close()
