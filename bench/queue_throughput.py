@@ -1,14 +1,15 @@
 """Throughput, latency, backlog and recovery of ``durableq.Queue`` beside its peers.
 
-Reproduce (from the repository root; the full run takes about 30 s on 2 CPUs, a quarter of
-it filling the 1M-message backlog)::
+Reproduce (from the repository root; the full run takes about 2 minutes on 2 CPUs)::
 
     .venv/bin/python bench/queue_throughput.py            # full run, writes the JSON below
     .venv/bin/python bench/queue_throughput.py --quick    # smoke run, < 60 s, 200k backlog
 
 Counts can be overridden: ``--n`` (mp.Queue and durableq), ``--peer-n`` (persistqueue and
 diskcache, which are far slower), ``--backlog`` (the large backlog), ``--latency-n``,
-``--procs`` (producers = consumers in the many-to-many case). Results go to
+``--procs`` (producers = consumers in the many-to-many case), ``--repeat`` (runs of each
+throughput and latency case, default 5: all cases run in turn, round after round, and each
+reports its median run, with every run's figure beside it; ratios are of medians). Results go to
 ``bench/results/queue_throughput.json`` (``--out`` to change).
 
 What is measured, all with the "fork" start method, every queue used from child processes.
@@ -33,8 +34,9 @@ process start-up is not part of any rate.
    producer busy-waits calling ``os.sched_yield()``, which releases the GIL: a bare spin
    starves mp.Queue's feeder thread and measures the 5 ms GIL switch interval instead.
 4. Consumer rate with a 20k backlog and with a large one (1M; 200k with ``--quick``), both
-   filled by the owner with ``put_many`` in batches of 10k: one consumer process drains the
-   first 20k messages.
+   filled by the owner with ``put_many`` in batches of 10k: one consumer process drains
+   20k messages, ``--repeat`` times in turn, the owner topping the backlog up between them;
+   the median drain is reported.
 5. The owner's RSS growth (psutil) from before creating the queue to after filling it.
 6. Reopen: once the backlog's owner has exited, a fresh process times
    ``durableq.Queue(path=same)`` plus its first ``get()``.
@@ -98,9 +100,14 @@ class Sizes:
     latency_n: int
     procs: int
     quick: bool
+    repeat: int = 1
 
 
-FULL = Sizes(n=20_000, peer_n=3_000, backlog=1_000_000, latency_n=10_000, procs=4, quick=False)
+#: Throughput and latency runs are repeated, interleaved, and the median run reported: one
+#: run of 20k messages lasts 0.2-1 s, and on a shared 2-core machine its rate moved by
+#: up to 40% between runs (mp.Queue 95k-119k, diskcache.Deque 5k-9k msgs/s).
+FULL = Sizes(n=20_000, peer_n=3_000, backlog=1_000_000, latency_n=10_000, procs=4, quick=False,
+             repeat=5)
 QUICK = Sizes(n=3_000, peer_n=500, backlog=200_000, latency_n=2_000, procs=4, quick=True)
 
 
@@ -567,7 +574,7 @@ def _drainer(conn: Connection, q: durableq.Queue, n: int) -> None:
     conn.send((elapsed, first["id"]))
 
 
-def _backlog_owner(conn: Connection, path: str, size: int, drain: int) -> None:
+def _backlog_owner(conn: Connection, path: str, size: int, drain: int, rounds: int) -> None:
     rss_before = _rss()
     q = durableq.Queue(path=path, ctx=CTX)
     start = time.perf_counter_ns()
@@ -575,17 +582,27 @@ def _backlog_owner(conn: Connection, path: str, size: int, drain: int) -> None:
         q.put_many([_message(i) for i in range(lo, min(lo + FILL_BATCH, size))])
     fill_s = (time.perf_counter_ns() - start) / 1e9
     rss_filled = _rss()
-    with Children() as kids:
-        drainer = kids.start(_drainer, q, drain)
-        elapsed, first_id = drainer.recv()
-        drainer.join()
+    rates, first_id, top = [], None, size
+    for r in range(rounds):
+        if r:  # back to `size` waiting before each drain: the backlog is what is measured
+            for lo in range(top, top + drain, FILL_BATCH):
+                q.put_many([_message(i) for i in range(lo, min(lo + FILL_BATCH, top + drain))])
+            top += drain
+        with Children() as kids:
+            drainer = kids.start(_drainer, q, drain)
+            elapsed, first = drainer.recv()
+            drainer.join()
+        rates.append(drain / (elapsed / 1e9))
+        first_id = first if first_id is None else first_id
     q.close()
+    rates.sort()
     conn.send(
         {
             "fill_s": fill_s,
             "fill_msgs_per_s": size / fill_s,
             "drain_n": drain,
-            "drain_msgs_per_s": drain / (elapsed / 1e9),
+            "drain_msgs_per_s": rates[(len(rates) - 1) // 2],
+            "runs_drain_msgs_per_s": rates,
             "drain_first_id": first_id,
             "owner_rss_before_mb": rss_before / MB,
             "owner_rss_filled_mb": rss_filled / MB,
@@ -608,13 +625,13 @@ def _disk_mb(path: str) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / MB
 
 
-def run_backlog(size: int, drain: int) -> dict[str, Any]:
+def run_backlog(size: int, drain: int, rounds: int) -> dict[str, Any]:
     row: dict[str, Any] = {"backlog": size}
     fill_timeout = WAIT_S + size / 1000  # allows for a fill as slow as 1k msgs/s
     try:
         with tempfile.TemporaryDirectory(prefix="dq-bench-") as tmp, Children() as kids:
             path = os.path.join(tmp, "backlog.q")
-            owner = kids.start(_backlog_owner, path, size, drain)
+            owner = kids.start(_backlog_owner, path, size, drain, rounds)
             row.update(owner.recv(fill_timeout))
             owner.join()  # the owner is gone: the queue must be reopened from disk
             row["disk_mb"] = _disk_mb(path)
@@ -655,6 +672,21 @@ def _row(rows: list[dict[str, Any]], impl: str, procs: str) -> dict[str, Any]:
 def _rate(rows: list[dict[str, Any]], impl: str, procs: str) -> float | None:
     rate = _row(rows, impl, procs).get("msgs_per_s")
     return None if rate is None else float(rate)
+
+
+def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run whose ``key`` is the median of ``runs`` (the lower middle of an even count),
+    with every run's value under ``runs_<key>``. A run that failed or lost messages is
+    reported instead, since a median would hide it."""
+    bad = [r for r in runs if "error" in r or r.get("complete") is False]
+    values = sorted(float(r[key]) for r in runs if key in r)
+    if bad or not values:
+        row = dict(bad[0] if bad else runs[0])
+    else:
+        middle = values[(len(values) - 1) // 2]
+        row = dict(next(r for r in runs if float(r[key]) == middle))
+    row[f"runs_{key}"] = values
+    return row
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -746,11 +778,14 @@ def _note(row: dict[str, Any]) -> str:
 
 def print_throughput(rows: list[dict[str, Any]]) -> None:
     print(f"\nThroughput, put -> get -> ack (fork, {CPUS} CPUs)")
-    print(f"{'impl':<30} {'procs':>6} {'N':>8} {'msgs/s':>10} {'x mp.Queue':>11}  note")
+    print(f"{'impl':<30} {'procs':>6} {'N':>8} {'msgs/s':>10} {'x mp.Queue':>11}"
+          f" {'runs (min-max)':>17}  note")
     for r in rows:
+        spread = r.get("runs_msgs_per_s") or []
+        span = f"{len(spread)} ({spread[0] / 1e3:,.1f}-{spread[-1] / 1e3:,.1f}k)" if spread else ""
         print(
             f"{r['impl']:<30} {r['procs']:>6} {r['n']:>8} {_fmt(r.get('msgs_per_s'), ',.0f'):>10}"
-            f" {_fmt(r.get('x_mp_queue'), '.2f'):>11}  {_note(r)}"
+            f" {_fmt(r.get('x_mp_queue'), '.2f'):>11} {span:>17}  {_note(r)}"
         )
 
 
@@ -763,7 +798,14 @@ def print_latency(latency: dict[str, dict[str, Any]]) -> None:
         print(
             f"  {impl:<28} p50 {r['p50_us']:9.1f} us  p99 {r['p99_us']:9.1f} us  "
             f"max {r['max_us']:9.1f} us  (N={r['n']}, sent {r['send_rate_per_s']:,.0f}/s)"
+            + _spread(r.get("runs_p50_us"), "p50 of each run", ".0f")
         )
+
+
+def _spread(values: list[float] | None, what: str, spec: str) -> str:
+    if not values or len(values) < 2:
+        return ""
+    return f"; {what}: " + " ".join(format(v, spec) for v in values)
 
 
 def _backlog_line(r: dict[str, Any]) -> str:
@@ -772,9 +814,10 @@ def _backlog_line(r: dict[str, Any]) -> str:
     reopen = r.get("reopen_first_get_s")
     return (
         f"  {r['backlog']:>9,}: fill {r['fill_s']:6.1f} s ({r['fill_msgs_per_s']:,.0f}/s); "
-        f"drain first {r['drain_n']:,}: {r['drain_msgs_per_s']:,.0f} msgs/s; "
+        f"drain {r['drain_n']:,}: {r['drain_msgs_per_s']:,.0f} msgs/s; "
         f"owner RSS +{r['owner_rss_growth_mb']:.1f} MB; disk {r['disk_mb']:.0f} MB; "
         f"reopen -> first get: {'-' if reopen is None else f'{reopen:.3f} s'}"
+        + _spread([x / 1e3 for x in r.get("runs_drain_msgs_per_s", [])], "drains, k msgs/s", ".1f")
     )
 
 
@@ -827,6 +870,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, Path]:
     p.add_argument("--backlog", type=int, help="size of the large backlog")
     p.add_argument("--latency-n", type=int, help="messages in the latency run")
     p.add_argument("--procs", type=int, help="producers (= consumers) in the many-to-many case")
+    p.add_argument("--repeat", type=int, help="runs of each throughput and latency case (median)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
     a = p.parse_args(argv)
     base = QUICK if a.quick else FULL
@@ -837,6 +881,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, Path]:
         latency_n=a.latency_n or base.latency_n,
         procs=a.procs or base.procs,
         quick=a.quick,
+        repeat=a.repeat or base.repeat,
     )
     return sizes, a.out
 
@@ -846,20 +891,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sizes: {vars(sizes)}; {CPUS} CPUs, {2 * sizes.procs} processes in the many case")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results: dict[str, Any] = {"environment": environment(sizes)}
-    rows = []
-    for case in throughput_cases(sizes):
-        print(f"  throughput {case.impl} {case.producers}->{case.consumers} N={case.n} ...")
-        rows.append(run_case(case))
+    runs: list[list[dict[str, Any]]] = [[] for _ in throughput_cases(sizes)]
+    for rep in range(sizes.repeat):  # interleaved: a slow spell hits every case alike
+        for i, case in enumerate(throughput_cases(sizes)):
+            print(f"  throughput {case.impl} {case.producers}->{case.consumers} N={case.n}"
+                  f" (run {rep + 1}/{sizes.repeat}) ...")
+            runs[i].append(run_case(case))
+    rows = [median_run(r, "msgs_per_s") for r in runs]
     add_ratios(rows)
     results["throughput"] = rows
     results["latency"] = {}
-    for impl, factory in (("multiprocessing.Queue", mp_queue), ("durableq durable", durable_queue)):
-        print(f"  latency {impl} N={sizes.latency_n} ...")
-        results["latency"][impl] = run_latency(impl, factory, sizes.latency_n)
+    lat_runs: dict[str, list[dict[str, Any]]] = {}
+    for rep in range(sizes.repeat):
+        for impl, factory in (("multiprocessing.Queue", mp_queue),
+                              ("durableq durable", durable_queue)):
+            print(f"  latency {impl} N={sizes.latency_n} (run {rep + 1}/{sizes.repeat}) ...")
+            lat_runs.setdefault(impl, []).append(run_latency(impl, factory, sizes.latency_n))
+    results["latency"] = {impl: median_run(r, "p50_us") for impl, r in lat_runs.items()}
     results["backlog"] = []
     for size in (SMALL_BACKLOG, sizes.backlog):
         print(f"  backlog {size:,} ...")
-        results["backlog"].append(run_backlog(size, min(DRAIN_N, size)))
+        results["backlog"].append(run_backlog(size, min(DRAIN_N, size), sizes.repeat))
     results["targets"] = evaluate(results, sizes)
     results["environment"]["loadavg_at_end"] = os.getloadavg()
     print_report(results)
