@@ -1,13 +1,15 @@
 """Throughput, latency, idle CPU and restart of ``durableq.Executor`` beside its peers.
 
-Reproduce (from the repository root; the full run takes under a minute on 2 CPUs)::
+Reproduce (from the repository root; the full run takes about 3 minutes on 2 CPUs)::
 
     .venv/bin/python bench/executor_throughput.py            # full run, writes the JSON below
     .venv/bin/python bench/executor_throughput.py --quick    # smoke run, about 10 s
 
 Counts can be overridden: ``--n`` (tasks per no-op run), ``--n-1ms`` (tasks per 1 ms run),
 ``--chunksize`` (for every ``map``), ``--latency-n``, ``--idle-s``, ``--restart-n`` (the
-unfinished backlog of the restart case). Results go to
+unfinished backlog of the restart case), ``--repeat`` (runs of every pool, default 3: the
+pools run in turn, round after round, and each figure is its median run's, every run's
+no-op rate printed beside it; ratios are of medians). Results go to
 ``bench/results/executor_throughput.json`` (``--out`` to change).
 
 Every pool has ``os.cpu_count()`` workers and its library's default start method. Each is
@@ -89,6 +91,7 @@ class Sizes:
     idle_s: float
     restart_n: int
     quick: bool
+    repeat: int = 1
 
     def count(self, task: str, shape: str) -> int:
         # map with chunks is cheap per task: give it more, so its time is not all start-up
@@ -96,8 +99,11 @@ class Sizes:
         return n * MAP_FACTOR if shape.startswith("map") and task == "no-op" else n
 
 
+#: Every pool is measured --repeat times, the pools in turn round after round, and each
+#: figure is the median run's: ProcessPoolExecutor alone ran 5k to 16k no-op submits/s in
+#: single runs on a shared 2-core machine, so a one-run ratio said little.
 FULL = Sizes(n=5_000, n_1ms=2_000, chunksize=100, latency_n=300, idle_s=2.0,
-             restart_n=100_000, quick=False)
+             restart_n=100_000, quick=False, repeat=3)
 QUICK = Sizes(n=1_000, n_1ms=400, chunksize=50, latency_n=100, idle_s=0.25,
               restart_n=2_000, quick=True)
 
@@ -506,6 +512,37 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _median(cells: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The cell whose ``key`` is the median (lower middle) of ``cells``, with every value
+    under ``runs_<key>``; a cell with wrong results is reported instead."""
+    bad = [c for c in cells if c.get("complete") is False]
+    values = sorted(float(c[key]) for c in cells if c.get(key) is not None)
+    if bad or not values:
+        cell = dict(bad[0] if bad else cells[0])
+    else:
+        middle = values[(len(values) - 1) // 2]
+        cell = dict(next(c for c in cells if c.get(key) is not None and float(c[key]) == middle))
+    cell[f"runs_{key}"] = values
+    return cell
+
+
+def median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from a pool's repeated runs: each throughput cell, the latency and the idle
+    CPU from its own median run. A run that failed is reported as it is."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    row: dict[str, Any] = {"impl": runs[0]["impl"], "shapes": []}
+    for i, shape in enumerate(runs[0]["shapes"]):
+        merged = {k: v for k, v in shape.items() if k not in TASKS}
+        for task in TASKS:
+            merged[task] = _median([r["shapes"][i][task] for r in runs], "tasks_per_s")
+        row["shapes"].append(merged)
+    row["latency"] = _median([r["latency"] for r in runs], "p50_us")
+    row["idle"] = _median([r["idle"] for r in runs], "cpu_pct_of_one_core")
+    return row
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         for s in row["shapes"]:
@@ -563,7 +600,7 @@ def print_throughput(rows: list[dict[str, Any]], sizes: Sizes) -> None:
     print(f"\nThroughput, tasks/s ({WORKERS} workers, {CPUS} CPUs; 1 ms = busy-wait;"
           f" N no-op {sizes.n:,} (map {sizes.count('no-op', 'map'):,}), 1 ms {sizes.n_1ms:,})")
     print(f"{'impl':<26} {'shape':<18} {'no-op/s':>9} {'x PPE':>6} {'1 ms/s':>8} {'x PPE':>6}"
-          "  note")
+          f" {'no-op runs (k/s)':>18}  note")
     for row in rows:
         if "error" in row and not row["shapes"]:
             print(f"{row['impl']:<26} {'':<18} {row['error']}")
@@ -573,7 +610,9 @@ def print_throughput(rows: list[dict[str, Any]], sizes: Sizes) -> None:
             note = "; ".join(x for x in (_note(a), _note(b)) if x)
             print(f"{row['impl']:<26} {s['name']:<18} {_fmt(a.get('tasks_per_s'), ',.0f'):>9}"
                   f" {_fmt(a.get('x_ppe'), '.2f'):>6} {_fmt(b.get('tasks_per_s'), ',.0f'):>8}"
-                  f" {_fmt(b.get('x_ppe'), '.2f'):>6}  {note}")
+                  f" {_fmt(b.get('x_ppe'), '.2f'):>6}"
+                  f" {' '.join(f'{v / 1e3:.1f}' for v in a.get('runs_tasks_per_s', [])):>18}"
+                  f"  {note}")
         if "error" in row:
             print(f"{row['impl']:<26} {'':<18} {row['error']}")
 
@@ -645,6 +684,7 @@ def parse_args(argv: list[str]) -> tuple[Sizes, Path]:
     p.add_argument("--latency-n", type=int, help="tasks in the one-at-a-time latency run")
     p.add_argument("--idle-s", type=float, help="seconds each pool sits idle for the CPU figure")
     p.add_argument("--restart-n", type=int, help="unfinished tasks in the restart case")
+    p.add_argument("--repeat", type=int, help="runs of every pool (median reported)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
     a = p.parse_args(argv)
     base = QUICK if a.quick else FULL
@@ -656,6 +696,7 @@ def parse_args(argv: list[str]) -> tuple[Sizes, Path]:
         idle_s=a.idle_s or base.idle_s,
         restart_n=a.restart_n or base.restart_n,
         quick=a.quick,
+        repeat=a.repeat or base.repeat,
     )
     return sizes, a.out
 
@@ -667,9 +708,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results: dict[str, Any] = {"environment": environment(sizes, argv), "impls": []}
     started = time.perf_counter()
-    for impl, factory in IMPLS:
-        print(f"  {impl} ...", flush=True)
-        results["impls"].append(run_impl(impl, factory, sizes))
+    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl, _ in IMPLS}
+    for rep in range(sizes.repeat):  # interleaved: a slow spell hits every pool alike
+        for impl, factory in IMPLS:
+            print(f"  {impl} (run {rep + 1}/{sizes.repeat}) ...", flush=True)
+            runs[impl].append(run_impl(impl, factory, sizes))
+    results["impls"] = [median_runs(r) for r in runs.values()]
     add_ratios(results["impls"])
     print(f"  restart with {sizes.restart_n:,} unfinished ...", flush=True)
     results["restart"] = run_restart(sizes.restart_n)
