@@ -399,3 +399,25 @@ def test_a_forked_child_writes_a_log_of_its_own(qpath: Path) -> None:
     assert got.index(b"parent-1") < got.index(b"parent-2")
     assert len(logs(qpath)) == 1  # the child's (closed, read) went; ours stays
     store.close()
+
+
+def test_a_lease_trusts_a_row_it_just_signed_only_while_the_row_is_unchanged(
+    qpath: Path,
+) -> None:
+    # The owner signs the rows it moves; leasing them soon after compares bytes instead of
+    # computing each MAC again, which must give the same verdict: a row changed on disk
+    # in between (body replaced, MAC kept) is quarantined, the others go out.
+    store = DiskcacheStore(qpath)
+    put(store, b"one", b"two", b"three")
+    store.ingest()
+    assert len(store._fresh) == 3
+    con = sqlite3.connect(qpath / "cache.db")
+    con.execute("UPDATE dq_message SET body = ? WHERE body = ?", (b"evil", b"two"))
+    con.commit()
+    con.close()
+    assert bodies(store) == [b"one", b"three"]
+    assert store._fresh == {}  # each remembered row is compared once, then forgotten
+    assert store.counts().quarantined == 1
+    (fault,) = store.faults()
+    assert fault.kind == "quarantined"
+    store.close()

@@ -523,17 +523,19 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
                 offsets = dict(con.execute("SELECT name, offset FROM dq_log").fetchall())
             drained = reader.read(offsets)
             rows = drained.rows
+            signed: list[tuple[Any, ...]] = []
             if len(rows) == 1 and self._drain_guess:
                 # As a single put does: guess the id (our last + 1), sign it beforehand.
                 guess, row = self._drain_guess, rows[0]
-                signed = (guess, *row, sign_message(self._mac_key(), guess, row[2], row[3]))
-                if not con.execute(_INSERT_GUESSED, signed).rowcount:
+                signed = [(guess, *row, sign_message(self._mac_key(), guess, row[2], row[3]))]
+                if not con.execute(_INSERT_GUESSED, signed[0]).rowcount:
                     self._drain_guess = 0
             if rows and not (len(rows) == 1 and self._drain_guess):
                 (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
                 self._drain_guess = (top or 0) + 1
                 ids = range(self._drain_guess, self._drain_guess + len(rows))
-                many(con, _INSERT_MANY, self._signed(ids, rows))
+                signed = self._signed(ids, rows)
+                many(con, _INSERT_MANY, signed)
             self._drain_guess += len(rows)
             for name, end in drained.offsets:
                 if name in offsets:
@@ -549,6 +551,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
                     raise _Raced
             if drained.stale:  # logs deleted after an earlier drain committed
                 many(con, _UNLOG, [(n,) for n in drained.stale])
+        self.remember(signed)  # committed: a lease soon after need not sign them again
         new = dict(offsets)
         new.update(drained.offsets)
         for name in drained.stale:
@@ -875,6 +878,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
     def _init_process_state(self) -> None:
         _live.add(self)
         self._reported = set()
+        self._fresh = {}
         self._local = threading.local()
         self._uncollected = 0
         self._collected = 0
