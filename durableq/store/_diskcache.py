@@ -434,8 +434,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         slot.ids = [guess]
         self.commits += 1
 
-    @guarded
-    def put_quiet(
+    def put_quiet(  # unguarded: the log path never enters SQLite (see _put_direct)
         self,
         payloads: Sequence[bytes],
         *,
@@ -449,10 +448,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         to this process's put log (``_putlog``), durable once this returns; the next
         reader of the store moves it into the message table, ids and all."""
         if len(payloads) >= DIRECT_BATCH:
-            # A large batch costs a few us a row in one transaction, paid here and not by
-            # the reader; this process's earlier frames go first, so its order holds.
-            self._drain()
-            self.put_many(
+            self._put_direct(
                 payloads, priority=priority, due=due, deadline=deadline, bump=bump,
                 expires=expires,
             )
@@ -468,6 +464,13 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
                     )
                 writer = self._log_writer
         writer.append(rows)
+
+    @guarded
+    def _put_direct(self, payloads: Sequence[bytes], **timing: Any) -> None:
+        """A large batch costs a few us a row in one transaction, paid here and not by the
+        reader; this process's earlier frames go first, so that its order holds."""
+        self._drain()
+        self.put_many(payloads, **timing)
 
     @guarded
     def ingest(self) -> None:
