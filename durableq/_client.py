@@ -70,9 +70,11 @@ class Client:
     """A thread's session with the owner."""
 
     def __init__(
-        self, address: str | bytes, secret: bytes, path: str, owner_pid: int, hungry: Any
+        self, address: str | bytes, secret: bytes, path: str, owner_pid: int, hungry: Any,
+        announced: Any = None,
     ) -> None:
         self.hungry = hungry
+        self.announced = announced
         self.address = address
         self.secret = secret
         self.path = path
@@ -150,13 +152,23 @@ class Client:
 
     # -- verbs ------------------------------------------------------------------------------
 
-    def notify_put(self, n: int, due: float = 0.0, event: float | None = None) -> None:
+    def notify_put(
+        self, n: int, due: float = 0.0, event: float | None = None, *, plain: bool = False
+    ) -> None:
         """Tell the owner that ``n`` messages due at ``due`` (bumped or expiring at
         ``event``) are committed. Best effort: they are durable, and the owner finds them
-        in the store anyway."""
+        in the store anyway. ``plain``: due now, with no later event; such a put says
+        nothing while another producer's PUT is on its way (``announced``): the owner's
+        round for that PUT clears the flag, then drains the logs, this put's frame too."""
         self._unannounced += n
-        if not self.hungry.value and self._unannounced < ANNOUNCE_EVERY:
-            return  # no consumer waits: the next WANT looks at the store anyway
+        if self._unannounced < ANNOUNCE_EVERY:
+            if not self.hungry.value:
+                return  # no consumer waits: the next WANT looks at the store anyway
+            announced = self.announced
+            if plain and announced is not None:
+                if announced.value:
+                    return
+                announced.value = 1
         self._unannounced = 0
         try:
             self.send((w.PUT, n, due, event))

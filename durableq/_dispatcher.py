@@ -77,6 +77,7 @@ class Dispatcher(threading.Thread):
         take_slot: Callable[[], None] | None,
         hungry: Any,
         name: str,
+        announced: Any = None,
         lazy: Lazy | None = None,
         retry: RetryPolicy = QUEUE_DEFAULT,
         clock: Clock = SYSTEM,
@@ -91,6 +92,7 @@ class Dispatcher(threading.Thread):
         self.release_slot = release_slot
         self.take_slot = take_slot
         self.hungry = hungry  # shared byte: 1 while a consumer waits, so producers notify
+        self.announced = announced  # shared byte: 1 while a producer's PUT is on its way
         self._absorb = False  # a producer announced puts: drain its log if no one waits
         #: The store's put-log drain (``DiskcacheStore.ingest``), where it has one.
         self._ingest: Callable[[], None] | None = getattr(store, "ingest", None)
@@ -504,6 +506,13 @@ class Dispatcher(threading.Thread):
         self._maybe_ready = True
 
     def _flush(self) -> None:
+        announced = self.announced
+        if announced is not None and announced.value:
+            # Cleared before this round reads the store: a producer that saw it set wrote
+            # its frame before now, and this round (or that PUT's) drains it. Every round
+            # clears it, so a producer killed between setting it and sending its PUT
+            # silences the others for one round only.
+            announced.value = 0
         if self._puts:
             self._commit_puts()
         self._apply()

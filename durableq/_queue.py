@@ -64,6 +64,9 @@ class _Shared:
     clock: Clock = SYSTEM
     deadline_window: float = DEADLINE_WINDOW
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    #: Shared byte: 1 once a producer sent PUT, until the owner's next round, which drains
+    #: the put logs after clearing it; meanwhile other plain puts need not say anything.
+    announced: Any = None
 
 
 class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
@@ -174,6 +177,7 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
             serializer=codec,
             fault=ctx.Event(),
             hungry=ctx.RawValue("b", 0),
+            announced=ctx.RawValue("b", 0),
             store=store if store.shared else None,
             via_owner=getattr(store, "sync", "normal") == "full",
             clock=clock,
@@ -199,6 +203,7 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
             release_slot=(lambda: release_slot(sem)) if self._bounded else None,
             take_slot=(lambda: sem.acquire(False)) if self._bounded else None,
             hungry=self._shared.hungry,
+            announced=self._shared.announced,
             name=os.path.basename(lock_dir) if lock_dir else "memory",
             retry=retry,
             clock=clock,
@@ -251,7 +256,7 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         client: Client | None = getattr(self._local, "client", None)
         if client is None or client.pid != os.getpid():
             s = self._shared
-            client = Client(s.address, s.secret, s.path, s.owner_pid, s.hungry)
+            client = Client(s.address, s.secret, s.path, s.owner_pid, s.hungry, s.announced)
             self._local.client = client
             self._clients.add(client)
         return client
@@ -296,7 +301,9 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         except StoreError as exc:
             self._note_fault(Fault("store-failed", time.time(), str(exc)))
             raise
-        client.notify_put(len(payloads), timing.due, timing.event())
+        event = timing.event()
+        plain = event is None and timing.due <= self._shared.clock.time()
+        client.notify_put(len(payloads), timing.due, event, plain=plain)
 
     def _timing(self, *, priority: Any = None, front: bool = False, **options: Any) -> Timing:
         s = self._shared

@@ -421,3 +421,79 @@ def test_a_lease_trusts_a_row_it_just_signed_only_while_the_row_is_unchanged(
     (fault,) = store.faults()
     assert fault.kind == "quarantined"
     store.close()
+
+
+def _on_cue(q: durableq.Queue, conn: Any, k: int) -> None:
+    while (i := conn.recv()) is not None:
+        q.put((i, k))
+
+
+def test_producers_that_stay_quiet_behind_anothers_put_notice_lose_no_wakeup(
+    qpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plain put says nothing while another producer's PUT is on its way; the owner's
+    # round for that PUT drains every log. Here three producers put at once into an empty
+    # queue a consumer waits on, round after round: each round needs a wakeup, and with
+    # the safety re-check off a lost one leaves the consumer waiting until TIMEOUT.
+    from durableq import _dispatcher
+
+    monkeypatch.setattr(_dispatcher, "SAFETY_CHECK", 3600.0)
+    ctx = multiprocessing.get_context("fork")
+    q = durableq.Queue(path=qpath, ctx=ctx)
+    cues = [ctx.Pipe() for _ in range(3)]
+    procs = [ctx.Process(target=_on_cue, args=(q, theirs, k)) for k, (_, theirs) in
+             enumerate(cues)]
+    for p in procs:
+        p.start()
+    rounds = 200
+    got: list[Any] = []
+    taken = threading.Semaphore(0)
+
+    def consume() -> None:
+        for _ in range(3 * rounds):
+            got.append(q.get(timeout=TIMEOUT))
+            taken.release()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    for i in range(rounds):
+        # Cue only once the consumer waits on an empty queue: every round needs a wakeup.
+        deadline = time.monotonic() + TIMEOUT
+        while not q._shared.hungry.value and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        for ours, _ in cues:
+            ours.send(i)
+        for _ in cues:
+            assert taken.acquire(timeout=TIMEOUT), f"round {i}: a wakeup was lost"
+    consumer.join(TIMEOUT)
+    for ours, _ in cues:
+        ours.send(None)
+    for p in procs:
+        p.join(TIMEOUT)
+        assert p.exitcode == 0
+    assert sorted(got) == [(i, k) for i in range(rounds) for k in range(3)]
+    q.close()
+
+
+def test_a_producer_killed_after_raising_the_flag_delays_others_one_round_at_most(
+    qpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The flag left set (its PUT never sent) silences the next plain put until the
+    # owner's next round, here the safety re-check; that round clears it, and the put
+    # after it wakes the consumer at once again.
+    from durableq import _dispatcher
+
+    monkeypatch.setattr(_dispatcher, "SAFETY_CHECK", 0.5)
+    q = durableq.Queue(path=qpath)
+    got: list[Any] = []
+    waiting = threading.Thread(target=lambda: got.append(q.get(timeout=TIMEOUT)))
+    waiting.start()
+    deadline = time.monotonic() + TIMEOUT
+    while not q._shared.hungry.value and time.monotonic() < deadline:
+        time.sleep(0.001)
+    q._shared.announced.value = 1  # as a producer killed right after raising it
+    q.put("late")
+    waiting.join(TIMEOUT)
+    assert got == ["late"]  # found by the next round, not lost
+    assert q._shared.announced.value == 0
+    q.close()
