@@ -502,7 +502,8 @@ class Dispatcher(threading.Thread):
     def _tick(self, now: float) -> None:
         """A deadline window opened or an expiry passed: apply them, find the next."""
         self.store.tick(now)
-        self._tick_at = self.store.next_due(now)
+        next_event = getattr(self.store, "next_event", None)  # else due times wake it too
+        self._tick_at = (next_event or self.store.next_due)(now)
         self._maybe_ready = True
 
     def _flush(self) -> None:

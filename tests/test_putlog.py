@@ -497,3 +497,27 @@ def test_a_producer_killed_after_raising_the_flag_delays_others_one_round_at_mos
     assert got == ["late"]  # found by the next round, not lost
     assert q._shared.announced.value == 0
     q.close()
+
+
+class _CountingStore(DiskcacheStore):
+    ticks = 0
+
+    def tick(self, now: float) -> list[int]:
+        type(self).ticks += 1
+        return super().tick(now)
+
+
+def test_a_stream_of_plain_puts_does_not_make_the_owner_tick(qpath: Path) -> None:
+    # tick applies deadline bumps and expiries; plain messages have neither. An owner
+    # that set its tick timer from next_due (which reports due times too) woke for each
+    # message put a moment after it read the clock, and ticked round after round.
+    store = _CountingStore(qpath)
+    q = durableq.Queue(store=store)
+    try:
+        producer = threading.Thread(target=lambda: [q.put(i) for i in range(3000)])
+        producer.start()
+        assert [q.get(timeout=TIMEOUT) for _ in range(3000)] == list(range(3000))
+        producer.join(TIMEOUT)
+        assert _CountingStore.ticks <= 2, _CountingStore.ticks  # the one at start, at most
+    finally:
+        q.close()

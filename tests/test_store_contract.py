@@ -228,12 +228,32 @@ class StoreContract:
         assert store.records([State.DONE]) == [] and store.counts().done == 0
 
 
-class TestMemoryStore(StoreContract):
+class NextEventCases:
+    """For stores with ``next_event`` (an owner on a store without it ticks on
+    ``next_due``)."""
+
+    def test_next_event_is_the_next_bump_or_expiry_never_a_due_time(self, store: Store) -> None:
+        # What an owner's tick timer waits for: a scheduled message's due time (or a plain
+        # one put a moment after the owner read the clock) is the delivery timer's business.
+        next_event = store.next_event  # type: ignore[attr-defined]
+        store.clock = ManualClock(T0)
+        store.put_many([b"later"], due=T0 + 5)
+        assert store.next_due(T0) == T0 + 5 and next_event(T0) is None
+        store.put_many([b"urgent"], due=T0, deadline=T0 + 100, bump=T0 + 50)
+        store.put_many([b"stale"], due=T0, expires=T0 + 20)
+        assert next_event(T0) == T0 + 20
+        store.tick(T0 + 30)
+        assert next_event(T0 + 30) == T0 + 50
+        store.tick(T0 + 60)
+        assert next_event(T0 + 60) is None
+
+
+class TestMemoryStore(NextEventCases, StoreContract):
     def make_store(self, tmp_path: Path) -> Store:
         return MemoryStore()
 
 
-class TestDiskcacheStore(StoreContract):
+class TestDiskcacheStore(NextEventCases, StoreContract):
     def make_store(self, tmp_path: Path) -> Store:
         return DiskcacheStore(tmp_path / "q")
 

@@ -295,6 +295,13 @@ class MemoryStore(MemoryCommands):
                 for entry in self._ready
             )
 
+    def next_event(self, now: float) -> float | None:
+        """When a deadline window opens or an expiry passes next (``tick``'s work)."""
+        with self._lock:
+            events = [b for b, _ in self._bumps[:1]]
+            events += [e for e, _ in self._expiries if e > now][:1]
+            return min(events, default=None)
+
     def next_due(self, now: float) -> float | None:
         # Due times in a heap, dropped once past (callers ask with a time that only grows)
         # or stale: a look costs O(log n), however many messages wait or are kept.

@@ -87,17 +87,19 @@ def _record(row: Sequence[Any]) -> Record:
 
 #: When the next scheduled message comes due, a deadline window opens or an expiry passes:
 #: SQLite's many-argument min() skips NULLs only as an aggregate, hence the UNION ALL.
+_EVENTS: Final = [
+    "SELECT (SELECT min(bump) FROM q.dq_message WHERE bump IS NOT NULL) AS at",
+    "SELECT (SELECT min(expires) FROM q.dq_message WHERE expires > ?1)",
+]
 _NEXT_DUE: Final = "SELECT min(at) FROM (" + " UNION ALL ".join(
     [
         f"SELECT (SELECT min(due) FROM q.dq_message WHERE state = {_READY} "
         f"AND priority = {int(p)} AND due > ?1) AS at"
         for p in Priority
     ]
-    + [
-        "SELECT (SELECT min(bump) FROM q.dq_message WHERE bump IS NOT NULL)",
-        "SELECT (SELECT min(expires) FROM q.dq_message WHERE expires > ?1)",
-    ]
+    + _EVENTS
 ) + ")"
+_NEXT_EVENT: Final = "SELECT min(at) FROM (" + " UNION ALL ".join(_EVENTS) + ")"
 
 
 class PolicyVerbs:
@@ -228,6 +230,16 @@ class PolicyVerbs:
         # One statement (each a seek on its own index): five round trips into SQLite, each
         # giving up the GIL, cost a dispatcher that asks after every short lease ~100 us.
         ((at,),) = self._read(_NEXT_DUE, (now,))
+        return at  # type: ignore[no-any-return]
+
+    @guarded
+    @drains_first
+    def next_event(self, now: float) -> float | None:
+        """The earliest time after ``now`` when a deadline window opens or an expiry
+        passes: what ``tick`` acts on, without the due times of scheduled messages (a
+        plain message put a moment after ``now`` would otherwise come due at once, and an
+        owner ticking for it ticks again every round)."""
+        ((at,),) = self._read(_NEXT_EVENT, (now,))
         return at  # type: ignore[no-any-return]
 
     # -- reads ---------------------------------------------------------------------------------
