@@ -112,7 +112,7 @@ class Dispatcher(threading.Thread):
         self._orphans = Consumer(None, authed=True)  # leases whose thread left cleanly
         self._expiry: collections.deque[tuple[float, LeaseToken]] = collections.deque()
         self._acks: list[LeaseToken] = []
-        self._puts: list[tuple[Consumer, list[bytes], Timing]] = []
+        self._puts: list[tuple[Consumer | None, list[bytes], Timing]] = []  # None: HAND
         #: The one timer: the earliest due time of a scheduled message, while consumers wait.
         self._next_due: float | None = None
         self._requeue: list[LeaseToken] = []  # back unchanged: never delivered, or shutdown
@@ -280,6 +280,8 @@ class Dispatcher(threading.Thread):
             c.send((w.CANCELLED,))
         elif kind == w.RPUT:
             self._puts.append((c, frame[1], Timing(*frame[2])))  # committed in _flush
+        elif kind == w.HAND:
+            self._puts.append((None, frame[1], Timing(*frame[2])))  # the same, no answer
         elif kind == w.CALL:
             self._reply(c, lambda: self.call(frame[1], *frame[2:]))
         elif kind == w.JOIN:
@@ -306,8 +308,11 @@ class Dispatcher(threading.Thread):
             c.send((w.RESULT, None, exc))
 
     def call(self, name: str, args: tuple[Any, ...] = ()) -> Any:
-        """Answer a read or a repair; acks that arrived before it are applied first, so a
-        caller's own earlier acks are durable and counted by the time it gets the answer."""
+        """Answer a read or a repair; acks and puts that arrived before it are applied
+        first, so a caller's own earlier acks and handed-over puts are counted by the time
+        it gets the answer."""
+        if self._puts:
+            self._commit_puts()
         self._apply()
         if name == "stats":
             return self.stats()
@@ -460,11 +465,11 @@ class Dispatcher(threading.Thread):
                         self.take_slot()
 
     def _commit_puts(self) -> None:
-        """Commit every producer's RPUT of this round in one transaction (one fsync under
-        sync="full"), then answer each with its ids."""
+        """Commit every producer's RPUT (and HAND) of this round in one transaction (one
+        fsync under sync="full"), then answer each RPUT with its ids."""
         puts, self._puts = self._puts, []
         # One transaction per timing group: a round's plain puts (due now) share one.
-        groups: dict[Timing, list[tuple[Any, list[bytes]]]] = {}
+        groups: dict[Timing, list[tuple[Consumer | None, list[bytes]]]] = {}
         now = self.clock.time()
         for c, payloads, timing in puts:
             if 0 <= timing.due <= now and timing.event() is None:
@@ -479,12 +484,18 @@ class Dispatcher(threading.Thread):
             except Exception as exc:
                 if isinstance(exc, StoreError):
                     self._store_failed(exc)
+                lost = sum(len(p) for c, p in members if c is None)
+                if lost:  # handed over: no one waits to hear it, so it goes to the faults
+                    log.error("durableq: %d handed-over put(s) not stored: %r", lost, exc)
+                    self.on_fault(Fault("put-failed", time.time(), f"{lost} put(s): {exc!r}"))
                 for c, _ in members:
-                    self._send(c, (w.RESULT, None, exc))
+                    if c is not None:
+                        self._send(c, (w.RESULT, None, exc))
                 continue
             start = 0
             for c, payloads in members:
-                self._send(c, (w.RESULT, ids[start : start + len(payloads)]))
+                if c is not None:
+                    self._send(c, (w.RESULT, ids[start : start + len(payloads)]))
                 start += len(payloads)
             self._coming(timing.due, timing.event())
 

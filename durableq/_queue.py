@@ -61,6 +61,9 @@ class _Shared:
     hungry: Any  # shared byte, 1 while a consumer waits for messages
     store: Store | None  # None when the store cannot be opened outside the owner
     via_owner: bool  # commit puts through the owner, which groups them (sync="full")
+    #: Put through the owner without waiting for it: a store that is neither shared nor
+    #: durable (``MemoryStore``), where waiting would make nothing safer.
+    hand_over: bool = False
     clock: Clock = SYSTEM
     deadline_window: float = DEADLINE_WINDOW
     retry_on: tuple[type[BaseException], ...] = (Exception,)
@@ -180,6 +183,7 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
             announced=ctx.RawValue("b", 0),
             store=store if store.shared else None,
             via_owner=getattr(store, "sync", "normal") == "full",
+            hand_over=not store.shared and not getattr(store, "durable", True),
             clock=clock,
             deadline_window=float(deadline_window),
             retry_on=retry.retry_on,
@@ -285,7 +289,10 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         client = self._client()
         if store is None or self._shared.via_owner:
             try:
-                client.call(w.RPUT, payloads, tuple(timing))
+                if self._shared.hand_over:
+                    client.send((w.HAND, payloads, tuple(timing)))
+                else:
+                    client.call(w.RPUT, payloads, tuple(timing))
                 return
             except OwnerGone:
                 if store is None:

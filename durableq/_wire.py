@@ -29,6 +29,7 @@ RPUT: Final = 7      # (RPUT, payloads, timing)  commit for me (group commit): R
 CALL: Final = 8      # (CALL, name, args)  stats / qsize / reads and repairs: reply RESULT
 JOIN: Final = 9      # (JOIN,)         reply JOINED once nothing is unacked
 BYE: Final = 10      # (BYE, acks, unread)  clean exit: ack acks, requeue unread
+HAND: Final = 11     # (HAND, payloads, timing)  store for me, no reply (a store not durable)
 
 # owner -> client
 MSGS: Final = 20      # (MSGS, [(token, payload), ...])  one frame answers one WANT

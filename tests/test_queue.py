@@ -359,6 +359,51 @@ def test_memory_store_serves_other_processes_through_the_owner() -> None:
     assert q.stats()["acked_total"] == 1
 
 
+def _put_then_count(q: durableq.Queue, n: int, conn: Any) -> None:
+    for i in range(n):
+        q.put(i)
+    conn.send(q.qsize())  # after its own puts, on the same connection: all counted
+
+
+def test_memory_store_puts_from_another_process_are_handed_over_in_order() -> None:
+    # Nothing in a MemoryStore outlives its owner, so a producer elsewhere hands its puts
+    # over one-way (as mp.Queue's feeder does) instead of waiting for each to be stored;
+    # its own later read still counts them, and order per producer holds.
+    q = durableq.Queue(store=MemoryStore())
+    assert q._shared.hand_over
+    here, there = multiprocessing.Pipe()
+    p = multiprocessing.Process(target=_put_then_count, args=(q, 500, there))
+    p.start()
+    assert here.poll(TIMEOUT) and here.recv() == 500
+    p.join(TIMEOUT)
+    assert [q.get(timeout=TIMEOUT) for _ in range(500)] == list(range(500))
+    q.close()
+
+
+class _RefusingMemoryStore(MemoryStore):
+    def put_many(self, payloads: Sequence[bytes], **kw: Any) -> list[int]:
+        raise durableq.StoreError("full (simulated)")
+
+
+def test_a_handed_over_put_the_store_refuses_is_a_fault_not_a_silence() -> None:
+    q = durableq.Queue(store=_RefusingMemoryStore())
+    p = multiprocessing.Process(target=put_all, args=(q, ["x"]))
+    p.start()
+    p.join(TIMEOUT)
+    assert q.fault.wait(TIMEOUT)
+    kinds = [f.kind for f in q.faults()]
+    assert "put-failed" in kinds and "store-failed" in kinds
+    assert any("1 put(s)" in f.detail for f in q.faults() if f.kind == "put-failed")
+    q.close()
+
+
+def test_a_durable_store_still_answers_each_put_through_the_owner(qpath: Path) -> None:
+    # sync="full" routes puts through the owner for group commit: those wait for it.
+    q = durableq.Queue(path=qpath, sync="full")
+    assert q._shared.via_owner and not q._shared.hand_over
+    q.close()
+
+
 def test_a_stranger_on_the_socket_is_dropped_before_anything_is_unpickled(
     qpath: Path, tmp_path: Path
 ) -> None:

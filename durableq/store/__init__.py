@@ -22,7 +22,9 @@ class Store(Protocol):
 
     ``shared`` says whether the store may be pickled into another process and used there
     directly (diskcache reopens by path); a store that is not shared is reached by other
-    processes through the owner.
+    processes through the owner. A store may set ``durable = False`` (``MemoryStore``):
+    nothing in it outlives the owner, so a producer elsewhere does not wait for the owner
+    to store its put, as with ``multiprocessing.Queue``'s feeder thread.
     """
 
     shared: ClassVar[bool]

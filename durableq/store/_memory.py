@@ -48,6 +48,8 @@ class MemoryStore(MemoryCommands):
     """Messages in a dict and heaps (delivery order, bumps, expiries), under one lock."""
 
     shared: ClassVar[bool] = False
+    #: Nothing outlives the owner: a producer elsewhere hands puts over without waiting.
+    durable: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
