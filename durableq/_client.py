@@ -40,7 +40,7 @@ ANNOUNCE_EVERY = 1024
 class _Link:
     """What the exit finalizer needs, without a reference back to the client."""
 
-    __slots__ = ("acks", "buffer", "conn", "pid", "settle_on_exit")
+    __slots__ = ("acks", "buffer", "conn", "handed", "pid", "settle_on_exit")
 
     def __init__(self) -> None:
         self.conn: Connection | None = None
@@ -48,6 +48,7 @@ class _Link:
         self.acks: list[LeaseToken] = []  # finished, not yet sent
         self.settle_on_exit: list[LeaseToken] = []  # delivered, acked by a clean exit
         self.buffer: collections.deque[tuple[LeaseToken, bytes]] = collections.deque()
+        self.handed = False  # puts handed over (HAND) that the owner may not have stored
 
 
 def _say_bye(link: _Link) -> None:
@@ -56,8 +57,17 @@ def _say_bye(link: _Link) -> None:
         return
     unread = [token for token, _ in link.buffer]
     try:
+        if link.handed:
+            # Leave only once the owner stored what we handed over: a process that saw
+            # this one end (join(), then a sentinel put) must find our puts ahead of its
+            # own, as multiprocessing.Queue flushes its feeder at exit.
+            w.send(conn, (w.CALL, "sync"))
+            while (reply := w.recv(conn))[0] != w.RESULT:
+                if reply[0] == w.MSGS:  # an answer to a WANT cut short: give it back
+                    unread += [LeaseToken(*token) for token, _ in reply[1]]
+            link.handed = False
         w.send(conn, (w.BYE, link.acks + link.settle_on_exit, unread))
-    except OSError:
+    except (OSError, EOFError):
         pass  # the owner is gone: what we held is redelivered when the queue is reopened
     finally:
         link.acks, link.settle_on_exit = [], []
@@ -151,6 +161,12 @@ class Client:
         return len(self._buffer)
 
     # -- verbs ------------------------------------------------------------------------------
+
+    def hand(self, payloads: list[bytes], timing: tuple[Any, ...]) -> None:
+        """Give the owner puts to store, without waiting (a store that is not durable);
+        the exit (``bye``) waits until it has stored them."""
+        self.send((w.HAND, payloads, timing))
+        self.link.handed = True
 
     def notify_put(
         self, n: int, due: float = 0.0, event: float | None = None, *, plain: bool = False

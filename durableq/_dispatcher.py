@@ -314,6 +314,8 @@ class Dispatcher(threading.Thread):
         if self._puts:
             self._commit_puts()
         self._apply()
+        if name == "sync":
+            return None  # a barrier: what the caller sent before it is stored
         if name == "stats":
             return self.stats()
         if name in ("qsize", "empty", "faults"):

@@ -290,7 +290,7 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         if store is None or self._shared.via_owner:
             try:
                 if self._shared.hand_over:
-                    client.send((w.HAND, payloads, tuple(timing)))
+                    client.hand(payloads, tuple(timing))
                 else:
                     client.call(w.RPUT, payloads, tuple(timing))
                 return

@@ -380,6 +380,35 @@ def test_memory_store_puts_from_another_process_are_handed_over_in_order() -> No
     q.close()
 
 
+class _HeldMemoryStore(MemoryStore):
+    """Stores nothing until ``release`` is set (the owner stays behind its producers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def put_many(self, payloads: Sequence[bytes], **kw: Any) -> list[int]:
+        assert self.release.wait(TIMEOUT)
+        return super().put_many(payloads, **kw)
+
+
+def test_a_producer_that_handed_puts_over_leaves_only_once_they_are_stored() -> None:
+    # The idiom "join the producers, then put a sentinel" must find every producer's puts
+    # ahead of the sentinel, as with mp.Queue (whose feeder flushes at exit).
+    store = _HeldMemoryStore()
+    q = durableq.Queue(store=store)
+    p = multiprocessing.Process(target=put_all, args=(q, list(range(10))))
+    p.start()
+    p.join(0.5)
+    assert p.is_alive()  # its exit waits for the owner to store what it handed over
+    store.release.set()
+    p.join(TIMEOUT)
+    assert p.exitcode == 0
+    q.put("STOP")
+    assert [q.get(timeout=TIMEOUT) for _ in range(11)] == [*range(10), "STOP"]
+    q.close()
+
+
 class _RefusingMemoryStore(MemoryStore):
     def put_many(self, payloads: Sequence[bytes], **kw: Any) -> list[int]:
         raise durableq.StoreError("full (simulated)")
