@@ -40,7 +40,7 @@ ANNOUNCE_EVERY = 1024
 class _Link:
     """What the exit finalizer needs, without a reference back to the client."""
 
-    __slots__ = ("acks", "buffer", "conn", "handed", "pid", "settle_on_exit")
+    __slots__ = ("acks", "buffer", "conn", "handed", "pid", "settle_on_exit", "wait_at_exit")
 
     def __init__(self) -> None:
         self.conn: Connection | None = None
@@ -49,6 +49,7 @@ class _Link:
         self.settle_on_exit: list[LeaseToken] = []  # delivered, acked by a clean exit
         self.buffer: collections.deque[tuple[LeaseToken, bytes]] = collections.deque()
         self.handed = False  # puts handed over (HAND) that the owner may not have stored
+        self.wait_at_exit = True  # for them; False after the queue's cancel_join_thread()
 
 
 def _say_bye(link: _Link) -> None:
@@ -57,7 +58,7 @@ def _say_bye(link: _Link) -> None:
         return
     unread = [token for token, _ in link.buffer]
     try:
-        if link.handed:
+        if link.handed and link.wait_at_exit:
             # Leave only once the owner stored what we handed over: a process that saw
             # this one end (join(), then a sentinel put) must find our puts ahead of its
             # own, as multiprocessing.Queue flushes its feeder at exit.

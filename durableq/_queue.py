@@ -261,6 +261,7 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         if client is None or client.pid != os.getpid():
             s = self._shared
             client = Client(s.address, s.secret, s.path, s.owner_pid, s.hungry, s.announced)
+            client.link.wait_at_exit = not getattr(self, "_joincancelled", False)
             self._local.client = client
             self._clients.add(client)
         return client
@@ -505,6 +506,14 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         return self._shared.path
 
     # -- ending -------------------------------------------------------------------------------
+
+    def cancel_join_thread(self) -> None:
+        """As ``multiprocessing.Queue``: this process will not wait at exit for what it
+        put to reach the owner (puts handed to a ``MemoryStore`` owner may then be lost
+        with it; puts to a durable store are committed before ``put`` returns anyway)."""
+        super().cancel_join_thread()
+        for client in list(self._clients):
+            client.link.wait_at_exit = False
 
     def close(self) -> None:
         """This process will neither put nor get any more; its held items are acked (auto).

@@ -409,6 +409,26 @@ def test_a_producer_that_handed_puts_over_leaves_only_once_they_are_stored() -> 
     q.close()
 
 
+def _put_and_cancel_join(q: durableq.Queue, items: Sequence[Any]) -> None:
+    for item in items:
+        q.put(item)
+    q.cancel_join_thread()
+
+
+def test_cancel_join_thread_lets_a_producer_leave_without_waiting_for_the_owner() -> None:
+    # As with mp.Queue: after cancel_join_thread() a producer exits at once, even while
+    # the owner has not yet stored what it handed over; the owner stores it later.
+    store = _HeldMemoryStore()
+    q = durableq.Queue(store=store)
+    p = multiprocessing.Process(target=_put_and_cancel_join, args=(q, list(range(5))))
+    p.start()
+    p.join(TIMEOUT)
+    assert p.exitcode == 0  # left while its puts still waited in the owner
+    store.release.set()
+    assert [q.get(timeout=TIMEOUT) for _ in range(5)] == list(range(5))
+    q.close()
+
+
 class _RefusingMemoryStore(MemoryStore):
     def put_many(self, payloads: Sequence[bytes], **kw: Any) -> list[int]:
         raise durableq.StoreError("full (simulated)")
