@@ -16,6 +16,7 @@ import collections
 import os
 import queue as pyqueue
 import time
+from collections.abc import Callable
 from multiprocessing import util
 from multiprocessing.connection import Connection
 from typing import Any
@@ -82,7 +83,7 @@ class Client:
 
     def __init__(
         self, address: str | bytes, secret: bytes, path: str, owner_pid: int, hungry: Any,
-        announced: Any = None,
+        announced: Any,
     ) -> None:
         self.hungry = hungry
         self.announced = announced
@@ -170,22 +171,21 @@ class Client:
         self.link.handed = True
 
     def notify_put(
-        self, n: int, due: float = 0.0, event: float | None = None, *, plain: bool = False
+        self, n: int, due: float, event: float | None, now: Callable[[], float]
     ) -> None:
         """Tell the owner that ``n`` messages due at ``due`` (bumped or expiring at
         ``event``) are committed. Best effort: they are durable, and the owner finds them
-        in the store anyway. ``plain``: due now, with no later event; such a put says
+        in the store anyway. A plain put (due by ``now()``, with no later event) says
         nothing while another producer's PUT is on its way (``announced``): the owner's
         round for that PUT clears the flag, then drains the logs, this put's frame too."""
         self._unannounced += n
         if self._unannounced < ANNOUNCE_EVERY:
             if not self.hungry.value:
                 return  # no consumer waits: the next WANT looks at the store anyway
-            announced = self.announced
-            if plain and announced is not None:
-                if announced.value:
+            if event is None and due <= now():  # read only when a consumer waits
+                if self.announced.value:
                     return
-                announced.value = 1
+                self.announced.value = 1
         self._unannounced = 0
         try:
             self.send((w.PUT, n, due, event))

@@ -77,7 +77,7 @@ class Dispatcher(threading.Thread):
         take_slot: Callable[[], None] | None,
         hungry: Any,
         name: str,
-        announced: Any = None,
+        announced: Any,
         lazy: Lazy | None = None,
         retry: RetryPolicy = QUEUE_DEFAULT,
         clock: Clock = SYSTEM,
@@ -521,7 +521,7 @@ class Dispatcher(threading.Thread):
 
     def _flush(self) -> None:
         announced = self.announced
-        if announced is not None and announced.value:
+        if announced.value:
             # Cleared before this round reads the store: a producer that saw it set wrote
             # its frame before now, and this round (or that PUT's) drains it. Every round
             # clears it, so a producer killed between setting it and sending its PUT

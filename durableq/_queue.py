@@ -59,6 +59,9 @@ class _Shared:
     serializer: Serializer
     fault: Any  # multiprocessing.Event
     hungry: Any  # shared byte, 1 while a consumer waits for messages
+    #: Shared byte: 1 once a producer sent PUT, until the owner's next round, which drains
+    #: the put logs after clearing it; meanwhile other plain puts need not say anything.
+    announced: Any
     store: Store | None  # None when the store cannot be opened outside the owner
     via_owner: bool  # commit puts through the owner, which groups them (sync="full")
     #: Put through the owner without waiting for it: a store that is neither shared nor
@@ -67,9 +70,6 @@ class _Shared:
     clock: Clock = SYSTEM
     deadline_window: float = DEADLINE_WINDOW
     retry_on: tuple[type[BaseException], ...] = (Exception,)
-    #: Shared byte: 1 once a producer sent PUT, until the owner's next round, which drains
-    #: the put logs after clearing it; meanwhile other plain puts need not say anything.
-    announced: Any = None
 
 
 class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
@@ -309,9 +309,7 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         except StoreError as exc:
             self._note_fault(Fault("store-failed", time.time(), str(exc)))
             raise
-        event = timing.event()
-        plain = event is None and timing.due <= self._shared.clock.time()
-        client.notify_put(len(payloads), timing.due, event, plain=plain)
+        client.notify_put(len(payloads), timing.due, timing.event(), self._shared.clock.time)
 
     def _timing(self, *, priority: Any = None, front: bool = False, **options: Any) -> Timing:
         s = self._shared

@@ -300,9 +300,11 @@ class MemoryStore(MemoryCommands):
     def next_event(self, now: float) -> float | None:
         """When a deadline window opens or an expiry passes next (``tick``'s work)."""
         with self._lock:
-            events = [b for b, _ in self._bumps[:1]]
-            events += [e for e, _ in self._expiries if e > now][:1]
-            return min(events, default=None)
+            return min(self._events(now), default=None)
+
+    def _events(self, now: float) -> list[float]:
+        """Under the lock: the next bump and the next expiry after ``now``, if any."""
+        return [b for b, _ in self._bumps[:1]] + [e for e, _ in self._expiries if e > now][:1]
 
     def next_due(self, now: float) -> float | None:
         # Due times in a heap, dropped once past (callers ask with a time that only grows)
@@ -316,9 +318,7 @@ class MemoryStore(MemoryCommands):
                     break
                 heapq.heappop(dues)
             events = [dues[0][0]] if dues else []
-            events += [b for b, _ in self._bumps[:1]]
-            events += [e for e, _ in self._expiries if e > now][:1]
-            return min(events, default=None)
+            return min(events + self._events(now), default=None)
 
     def counts(self) -> Counts:
         now = self.clock.time()
