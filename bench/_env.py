@@ -47,3 +47,18 @@ def machine() -> dict[str, Any]:
         "durableq_imported_from": os.path.dirname(durableq.__file__),
         "loadavg_at_start": os.getloadavg(),  # other work on the machine skews every figure
     }
+
+
+def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run whose ``key`` is the median of ``runs`` (the lower middle of an even count),
+    with every run's value under ``runs_<key>``. A run that failed or gave wrong results
+    is reported instead, since a median would hide it."""
+    bad = [r for r in runs if "error" in r or r.get("complete") is False]
+    values = sorted(float(r[key]) for r in runs if r.get(key) is not None)
+    if bad or not values:
+        row = dict(bad[0] if bad else runs[0])
+    else:
+        middle = values[(len(values) - 1) // 2]
+        row = dict(next(r for r in runs if r.get(key) is not None and float(r[key]) == middle))
+    row[f"runs_{key}"] = values
+    return row

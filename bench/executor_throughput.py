@@ -59,7 +59,7 @@ from typing import Any
 
 import psutil
 from _bench_tasks import hold, noop, spin, wait_dead
-from _env import machine, reproduce_command
+from _env import machine, median_run, reproduce_command
 
 import durableq
 
@@ -512,20 +512,6 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def _median(cells: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """The cell whose ``key`` is the median (lower middle) of ``cells``, with every value
-    under ``runs_<key>``; a cell with wrong results is reported instead."""
-    bad = [c for c in cells if c.get("complete") is False]
-    values = sorted(float(c[key]) for c in cells if c.get(key) is not None)
-    if bad or not values:
-        cell = dict(bad[0] if bad else cells[0])
-    else:
-        middle = values[(len(values) - 1) // 2]
-        cell = dict(next(c for c in cells if c.get(key) is not None and float(c[key]) == middle))
-    cell[f"runs_{key}"] = values
-    return cell
-
-
 def median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One row from a pool's repeated runs: each throughput cell, the latency and the idle
     CPU from its own median run. A run that failed is reported as it is."""
@@ -536,10 +522,10 @@ def median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for i, shape in enumerate(runs[0]["shapes"]):
         merged = {k: v for k, v in shape.items() if k not in TASKS}
         for task in TASKS:
-            merged[task] = _median([r["shapes"][i][task] for r in runs], "tasks_per_s")
+            merged[task] = median_run([r["shapes"][i][task] for r in runs], "tasks_per_s")
         row["shapes"].append(merged)
-    row["latency"] = _median([r["latency"] for r in runs], "p50_us")
-    row["idle"] = _median([r["idle"] for r in runs], "cpu_pct_of_one_core")
+    row["latency"] = median_run([r["latency"] for r in runs], "p50_us")
+    row["idle"] = median_run([r["idle"] for r in runs], "cpu_pct_of_one_core")
     return row
 
 

@@ -69,7 +69,7 @@ from typing import Any
 import diskcache
 import persistqueue
 import psutil
-from _env import machine
+from _env import machine, median_run
 
 import durableq
 
@@ -672,21 +672,6 @@ def _row(rows: list[dict[str, Any]], impl: str, procs: str) -> dict[str, Any]:
 def _rate(rows: list[dict[str, Any]], impl: str, procs: str) -> float | None:
     rate = _row(rows, impl, procs).get("msgs_per_s")
     return None if rate is None else float(rate)
-
-
-def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """The run whose ``key`` is the median of ``runs`` (the lower middle of an even count),
-    with every run's value under ``runs_<key>``. A run that failed or lost messages is
-    reported instead, since a median would hide it."""
-    bad = [r for r in runs if "error" in r or r.get("complete") is False]
-    values = sorted(float(r[key]) for r in runs if key in r)
-    if bad or not values:
-        row = dict(bad[0] if bad else runs[0])
-    else:
-        middle = values[(len(values) - 1) // 2]
-        row = dict(next(r for r in runs if float(r[key]) == middle))
-    row[f"runs_{key}"] = values
-    return row
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
