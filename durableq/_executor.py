@@ -335,9 +335,18 @@ class Executor(AdminMixin, futures.Executor):
         )
         self._store: Store = store
         store.retention, store.clock = retention, clock
+        # The owner of an embedded store numbers its tasks itself: a submit is then one
+        # write to its put log, not a SQLite commit (store/_numbers.py).
+        self._put = (
+            store.put_numbered
+            if isinstance(store, DiskcacheStore) and lock is not None
+            else store.put_many
+        )
         # Ids up to here were stored before this executor opened: earlier runs' tasks (and,
         # with peers, anyone's). Ids above are this run's only without peers.
-        self._earlier = store.counts().put_total
+        self._earlier = (
+            store.top_id() if isinstance(store, DiskcacheStore) else store.counts().put_total
+        )
         self._recovered: dict[int, TaskFuture] | None = None
         self._handed: dict[int, TaskFuture] = {}  # revived or replayed, not yet asked for
         self._state = state = _State(keep_results=durable, earlier=self._earlier, peers=peers)
@@ -440,7 +449,7 @@ class Executor(AdminMixin, futures.Executor):
             self._check_open()
             state.putting_begins()
             try:
-                ids = self._store.put_many(payloads, **timing._asdict())
+                ids = self._put(payloads, **timing._asdict())
             except BaseException:
                 state.register([], put=True)
                 raise

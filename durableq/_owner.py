@@ -60,6 +60,9 @@ def claim(
         # Leases of earlier owners: under the lock all of them died. A server store's
         # peers may still hold theirs: only leases past their deadline come back.
         store.requeue_expired(time.time() if getattr(store, "peers", False) else float("inf"))
+        settle_ids = getattr(store, "settle_ids", None)
+        if settle_ids is not None:  # ids a dead owner reserved and never used go back
+            settle_ids()
     except BaseException:
         if lock is not None:
             lock.release()

@@ -33,7 +33,9 @@ from .._policy import Retention
 from .._records import Fault, Leased, LeaseToken, Priority, State
 from .._security import DATABASES, create_private, make_directory, tighten
 from ._integrity import Integrity, sign_message
-from ._putlog import Drained, LogReader, LogWriter, drains_first
+from ._numbers import MOVED, NumberedPuts
+from ._numbers import SCHEMA as _IDS_SCHEMA
+from ._putlog import DIRECT_BATCH, Drained, LogReader, LogWriter, drains_first
 from ._sqlite import SET_BASED, SYNC, Busy, SQLiteFiles, guarded, is_busy, many
 from ._sqlite_commands import SQLiteCommands
 from ._sqlite_policy import PolicyVerbs, drop_messages
@@ -121,9 +123,6 @@ _INSERT_GUESSED: Final = (
     f"SELECT ?1, {_READY}, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 "
     "WHERE (SELECT coalesce(max(id), 0) FROM dq_message) = ?1 - 1"
 )
-#: Batches of at least this many messages are committed to the message table by their
-#: producer (``put_quiet``), not appended to its put log.
-DIRECT_BATCH: Final = 64
 #: Pages in the message file's write-ahead log before a producer checkpoints it itself
 #: (SQLite's default is 1000: a put in ~250 paid for the copy and an fsync).
 PRODUCER_CHECKPOINT: Final = 16384
@@ -204,7 +203,7 @@ SELECT m.id FROM q.dq_message AS m LEFT JOIN dq_delivery AS d ON d.id = m.id
 """
 
 
-class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
+class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLiteFiles):
     """Messages in a diskcache directory; survives SIGKILL of any process (``sync="full"``:
     also power loss).
 
@@ -275,6 +274,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
                 )
             messages, ledger = self._messages(), self._ledger()
             self._busy_retry("create", lambda: messages.executescript(_SCHEMA))
+            self._busy_retry("create", lambda: messages.executescript(_IDS_SCHEMA))
             self._busy_retry("create", lambda: ledger.executescript(_LEDGER_SCHEMA))
             self._mac_key()  # made now, 0600, by the first process to open the queue
             self._busy_retry("create", self._migrate)
@@ -434,7 +434,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         slot.ids = [guess]
         self.commits += 1
 
-    def put_quiet(  # unguarded: the log path never enters SQLite (see _put_direct)
+    def put_quiet(  # unguarded: the log path never enters SQLite (see _put_direct_many)
         self,
         payloads: Sequence[bytes],
         *,
@@ -448,7 +448,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         to this process's put log (``_putlog``), durable once this returns; the next
         reader of the store moves it into the message table, ids and all."""
         if len(payloads) >= DIRECT_BATCH:
-            self._put_direct(
+            self._put_direct_many(
                 payloads, priority=priority, due=due, deadline=deadline, bump=bump,
                 expires=expires,
             )
@@ -457,20 +457,24 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         rows = [(priority, due, now, p, deadline, bump, expires) for p in payloads]
         writer = self._log_writer
         if writer is None:
-            with self._log_lock:
-                if self._log_writer is None:
-                    self._log_writer = LogWriter(
-                        self.path, self._mac_key(), full_sync=self.sync == "full"
-                    )
-                writer = self._log_writer
+            writer = self._writer()
         writer.append(rows)
 
+    def _writer(self) -> LogWriter:
+        """This process's put log, made by its first put."""
+        with self._log_lock:
+            if self._log_writer is None:
+                self._log_writer = LogWriter(
+                    self.path, self._mac_key(), full_sync=self.sync == "full"
+                )
+            return self._log_writer
+
     @guarded
-    def _put_direct(self, payloads: Sequence[bytes], **timing: Any) -> None:
+    def _put_direct_many(self, payloads: Sequence[bytes], **timing: Any) -> list[int]:
         """A large batch costs a few us a row in one transaction, paid here and not by the
         reader; this process's earlier frames go first, so that its order holds."""
         self._drain()
-        self.put_many(payloads, **timing)
+        return self.put_many(payloads, **timing)
 
     @guarded
     def ingest(self) -> None:
@@ -492,7 +496,8 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         else:
             self._drain_logs()
 
-    def _drain_logs(self) -> None:
+    def _drain_logs(self) -> int:
+        """One drain; how far it got (rows moved and logs advanced; 0: nothing to do)."""
         reader = self._log_reader
         if reader is None:
             with self._log_lock:
@@ -500,7 +505,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
                     self._log_reader = LogReader(self.path, self._mac_key(create=False))
                 reader = self._log_reader
         if not reader.pending():
-            return
+            return 0
         con = self._messages()
         with self._log_lock:
             try:
@@ -513,6 +518,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         now = self.clock.time()
         for problem in drained.problems:
             (self.on_integrity_fault or self.record_fault)(Fault("quarantined", now, problem))
+        return len(drained.rows) + len(drained.numbered) + len(drained.offsets)
 
     def _drain_once(
         self, con: sqlite3.Connection, reader: LogReader, known: dict[str, int] | None
@@ -540,6 +546,11 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
                 signed = self._signed(ids, rows)
                 many(con, _INSERT_MANY, signed)
             self._drain_guess += len(rows)
+            if drained.numbered:  # under the ids their owner gave them (_numbers)
+                numbered = self._signed(drained.ids, drained.numbered)
+                many(con, _INSERT_MANY, numbered)
+                con.execute(MOVED, (max(drained.ids),))
+                signed += numbered
             for name, end in drained.offsets:
                 if name in offsets:
                     moved = con.execute(
@@ -852,6 +863,10 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
             self._finish_collecting()
         except Exception:
             pass  # its rows stay marked: collected by whoever opens the store next
+        try:
+            self._release_numbers()
+        except StoreError:
+            pass  # counted by the next owner instead, from what was moved of the block
         local = self._local
         if getattr(local, "pid", None) == os.getpid():
             for con in (local.messages, local.ledger):
@@ -897,6 +912,8 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, SQLiteFiles):
         self._attached = False
         self._collector = None
         self._drain_guess = 0  # the id this process's next one-row drain guesses
+        self._numbers = None  # a child never numbers from its parent's block
+        self._numbers_lock = threading.Lock()
         self._helper = None
 
     def __repr__(self) -> str:

@@ -16,6 +16,10 @@ process). A log is a sequence of frames, one per ``put`` or ``put_many``::
     payload = rows of <iddddI> (priority, due, created, deadline, bump, expires, body
               length; NaN for "none") followed by the body
 
+A numbered frame (the top bit of its row count set) carries each row's id before it, as
+``<q>``: ids the queue's owner reserved (``DiskcacheStore.put_numbered``), so that a put
+that must name its message at once still costs one ``write(2)``.
+
 The MAC covers a tag, the log's name, the frame's offset, the header and the payload: a
 frame copied to another place fails. A frame is written with one ``write(2)``: all its rows
 or none (a short write, the disk full, is cut off again before ``put`` raises).
@@ -50,8 +54,14 @@ DIRECTORY: Final = "logs"
 SUFFIX: Final = ".log"
 _HEADER: Final = struct.Struct("<II")  # payload length, rows
 _ROW: Final = struct.Struct("<idddddI")
+_ID: Final = struct.Struct("<q")
+#: Row-count bit of a numbered frame: each row starts with its id.
+NUMBERED: Final = 0x8000_0000
 _MAC_SIZE: Final = 32
 _TAG: Final = b"dql1"
+#: Batches of at least this many messages are committed to the message table by their
+#: producer (``put_quiet``, ``put_numbered``), not appended to its put log.
+DIRECT_BATCH: Final = 64
 #: A producer starts a new log once its current one holds this much.
 ROTATE_BYTES: Final = 32 * 1024 * 1024
 #: Bytes read from the logs by one drain at most: bounds its transaction and memory.
@@ -81,28 +91,41 @@ def _mac(key: bytes, name: bytes, offset: int, header: bytes, payload: bytes | m
     return h.digest()
 
 
-def encode_rows(rows: Sequence[tuple[Any, ...]]) -> tuple[bytes, bytes]:
+def encode_rows(
+    rows: Sequence[tuple[Any, ...]], ids: Sequence[int] | None = None
+) -> tuple[bytes, bytes]:
     """``(header, payload)`` of a frame holding ``rows`` of (priority, due, created, body,
-    deadline, bump, expires)."""
+    deadline, bump, expires); numbered with ``ids`` (one per row) when given."""
     parts: list[bytes | bytearray | memoryview] = []
     pack = _ROW.pack
-    for priority, due, created, body, deadline, bump, expires in rows:
+    if ids is not None and len(ids) != len(rows):
+        raise ValueError(f"{len(ids)} ids for {len(rows)} rows")
+    for i, (priority, due, created, body, deadline, bump, expires) in enumerate(rows):
         if not isinstance(body, bytes | bytearray | memoryview):
             raise StoreError(f"a message body must be bytes, not {type(body).__name__}")
+        if ids is not None:
+            parts.append(_ID.pack(ids[i]))
         parts.append(
             pack(priority, due, created, _opt(deadline), _opt(bump), _opt(expires), len(body))
         )
         parts.append(body)
     payload = b"".join(parts)
-    return _HEADER.pack(len(payload), len(rows)), payload
+    count = len(rows) if ids is None else len(rows) | NUMBERED
+    return _HEADER.pack(len(payload), count), payload
 
 
-def decode_rows(payload: memoryview, count: int) -> list[tuple[Any, ...]]:
-    """The rows of a frame's payload (already checked by its MAC)."""
+def decode_rows(payload: memoryview, count: int) -> tuple[list[tuple[Any, ...]], list[int]]:
+    """The rows of a frame's payload (already checked by its MAC), and their ids if the
+    frame is numbered (else an empty list)."""
     rows = []
+    ids = []
+    numbered = bool(count & NUMBERED)
     at = 0
     unpack = _ROW.unpack_from
-    for _ in range(count):
+    for _ in range(count & ~NUMBERED):
+        if numbered:
+            ids.append(_ID.unpack_from(payload, at)[0])
+            at += _ID.size
         priority, due, created, deadline, bump, expires, n = unpack(payload, at)
         at += _ROW.size
         body = bytes(payload[at : at + n])
@@ -110,7 +133,9 @@ def decode_rows(payload: memoryview, count: int) -> list[tuple[Any, ...]]:
         rows.append((priority, due, created, body, _unopt(deadline), _unopt(bump), _unopt(expires)))
     if at != len(payload):
         raise ValueError("frame payload does not match its row count")
-    return rows
+    if numbered and min(ids, default=1) < 1:
+        raise ValueError("a numbered frame holds an id below 1")
+    return rows, ids
 
 
 class LogWriter:
@@ -128,11 +153,11 @@ class LogWriter:
         self._synced = 0  # of which fdatasync'ed (sync="full")
         self._pid = os.getpid()
 
-    def append(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Write ``rows`` as one frame; durable against a process crash once this returns
-        (and against power loss with ``full_sync``). Raises ``StoreError``; nothing of the
-        frame is left in the log then."""
-        header, payload = encode_rows(rows)
+    def append(self, rows: Sequence[tuple[Any, ...]], ids: Sequence[int] | None = None) -> None:
+        """Write ``rows`` as one frame (numbered with ``ids`` if given); durable against a
+        process crash once this returns (and against power loss with ``full_sync``).
+        Raises ``StoreError``; nothing of the frame is left in the log then."""
+        header, payload = encode_rows(rows, ids)
         with self._lock:
             if self._pid != os.getpid():
                 self.forget()  # a forked child: the parent's log is not ours
@@ -233,9 +258,12 @@ def _sync_directory(path: str) -> None:
 
 @dataclass
 class Drained:
-    """What one drain read: rows to insert, new offsets, logs to delete, problems."""
+    """What one drain read: rows to insert (those of numbered frames apart, with their
+    ids), new offsets, logs to delete, problems."""
 
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    numbered: list[tuple[Any, ...]] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)  # of the numbered rows, in order
     offsets: list[tuple[str, int]] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # offsets kept for logs now deleted
@@ -366,9 +394,14 @@ class LogReader:
             if not hmac.compare_digest(_mac(self.key, raw_name, offset + at, header, payload), mac):
                 return at, "bad MAC"
             try:
-                out.rows += decode_rows(payload, count)
+                rows, ids = decode_rows(payload, count)
             except (ValueError, struct.error) as exc:
                 return at, str(exc)
+            if ids:
+                out.numbered += rows
+                out.ids += ids
+            else:
+                out.rows += rows
             at = end
         return at, None
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._policy import CAUSES, FailedAttempt, Verdict, decide
 from .._records import Counts, Failure, Priority, Record, State
+from ._numbers import put_total_sql
 from ._putlog import drains_first
 from ._sqlite import guarded
 
@@ -99,6 +100,7 @@ _NEXT_DUE: Final = "SELECT min(at) FROM (" + " UNION ALL ".join(
     ]
     + _EVENTS
 ) + ")"
+_PUT_TOTAL: Final = put_total_sql("q.")
 _NEXT_EVENT: Final = "SELECT min(at) FROM (" + " UNION ALL ".join(_EVENTS) + ")"
 
 
@@ -287,7 +289,7 @@ class PolicyVerbs:
             "SELECT state, count(*) FROM q.dq_message INDEXED BY dq_message_finished "
             "WHERE finished IS NOT NULL GROUP BY state"
         ))
-        (put_total,) = self._read("SELECT max(id) FROM q.dq_message")[0]
+        (put_total,) = self._read(_PUT_TOTAL)[0]
         meta = dict(self._read("SELECT name, value FROM dq_meta"))
         return Counts(
             ready=ready,
@@ -452,7 +454,7 @@ class PolicyVerbs:
         of the backlog: lifetime totals, messages in flight, dead and expired. For
         refreshing views (``durableq top``); ``counts()`` is exact but scans waiting
         messages (about 1 s per million)."""
-        (put_total,) = self._read("SELECT max(id) FROM q.dq_message")[0]
+        (put_total,) = self._read(_PUT_TOTAL)[0]
         meta = dict(self._read("SELECT name, value FROM dq_meta"))
         ledger = dict(self._read("SELECT state, count(*) FROM dq_delivery GROUP BY state"))
         kept = dict(self._read(
