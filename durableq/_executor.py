@@ -50,6 +50,8 @@ log = logging.getLogger("durableq")
 
 #: Tasks committed per transaction by ``map``.
 SUBMIT_BATCH = 1024
+#: Submits between two asks to the dispatcher to move the put log into the store.
+INGEST_EVERY = 1024
 
 
 #: Options of a task due now: not_before, delay, deadline, ttl, expires_at all unset.
@@ -342,6 +344,7 @@ class Executor(AdminMixin, futures.Executor):
             if isinstance(store, DiskcacheStore) and lock is not None
             else store.put_many
         )
+        self._logged = 0  # submits since the dispatcher was last asked to ingest them
         # Ids up to here were stored before this executor opened: earlier runs' tasks (and,
         # with peers, anyone's). Ids above are this run's only without peers.
         self._earlier = (
@@ -455,6 +458,10 @@ class Executor(AdminMixin, futures.Executor):
                 raise
             fs = [TaskFuture(i, self._cancelled) for i in ids]
             state.register(fs, put=True)
+            self._logged += len(ids)
+        if self._logged >= INGEST_EVERY:
+            self._logged = 0
+            self._dispatcher.ingest()
         if later:
             self._dispatcher.scheduled()
         else:
