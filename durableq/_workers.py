@@ -364,10 +364,15 @@ class Dispatcher(threading.Thread):
         if self.cancel or self.retry_at > time.monotonic():
             return
         self.retry_at = 0.0
-        # Empty workers first, one task each, then the pipelines: spread before stacking.
-        slots = [w for w in self.workers.values() if w.room(self.depth) and not w.tasks]
-        slots += [
-            w for w in self.workers.values() for _ in range(w.room(self.depth) - (not w.tasks))
+        # Spread before stacking: each next task to the worker holding the fewest (a map's
+        # 20 long chunks go 10 and 10, not 16 to the first worker's pipeline and 4 to the
+        # next one's while the first is still queued up).
+        slots = [
+            w for _, _, w in sorted(
+                (len(w.tasks) + k, i, w)
+                for i, w in enumerate(self.workers.values())
+                for k in range(w.room(self.depth))
+            )
         ]
         if not slots:
             return

@@ -120,6 +120,21 @@ def test_submit_map_and_chunks_return_results_in_order(ctx: Any) -> None:
         assert sorted(f.result() for f in done) == [i * i for i in range(10)]
 
 
+def sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_batch_of_long_tasks_after_short_ones_is_spread_over_the_workers(
+    tmp_path: Path,
+) -> None:
+    with Executor(2, path=tmp_path / "q") as ex:
+        list(ex.map(square, range(2000)))  # short tasks: each worker's pipeline is deep now
+        pids = list(ex.map(sleep_then_pid, [0.02] * 20))
+    counts = sorted(pids.count(p) for p in set(pids))
+    assert counts == [10, 10], "each next task to the worker holding the fewest"
+
+
 def test_exceptions_carry_the_remote_traceback() -> None:
     with Executor(1) as ex:
         with pytest.raises(ValueError, match="bad input") as info:
