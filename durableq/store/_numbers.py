@@ -73,6 +73,7 @@ class NumberedPuts:
 
     _numbers: list[int] | None  # [next id, last id, first id] of this process's block
     _numbers_lock: threading.Lock
+    _log_writer: LogWriter | None
     clock: Any
 
     if TYPE_CHECKING:  # provided by DiskcacheStore
@@ -109,7 +110,8 @@ class NumberedPuts:
             if block is None or block[0] + len(rows) - 1 > block[1]:
                 block = self._reserve(len(rows))
             ids = list(range(block[0], block[0] + len(rows)))
-            self._writer().append(rows, ids)  # raises: the ids stay free for the next put
+            writer = self._log_writer or self._writer()
+            writer.append(rows, ids)  # raises: the ids stay free for the next put
             block[0] += len(rows)
         return ids
 
