@@ -16,7 +16,8 @@ import pytest
 
 import durableq
 from durableq import ManualClock, Priority, RetryPolicy
-from durableq._policy import CRASH, ERROR, TIMEOUT, decide
+from durableq._policy import CRASH, ERROR, TIMEOUT, Retention, decide
+from durableq._records import State
 from durableq._report import fingerprint, group, normalise
 
 from .conftest import TIMEOUT as WAIT
@@ -432,3 +433,38 @@ def test_the_owner_waits_for_a_repair_holding_the_ledger(qpath: Path) -> None:
     assert q.stats()["acked_total"] == 2
     assert [f.kind for f in q.faults()] == [] and not q.fault.is_set()
     con.close()
+
+
+@pytest.mark.parametrize(
+    ("count", "age"), [(4, None), (None, 5.0), (4, 5.0), (9, 3.0), (0, None), (20, None)]
+)
+def test_retention_trims_exactly_the_oldest_history(
+    qpath: Path, count: int | None, age: float | None
+) -> None:
+    """Against a reference: keep the newest ``count`` by (finished, id) and none finished
+    more than ``age`` ago; ties in finish time broken by id; the newest row (by id) stays
+    as a tombstone when it goes, so no id comes back."""
+    store = durableq.DiskcacheStore(qpath)
+    clock = ManualClock(T0)
+    store.clock = clock
+    store.retention = Retention(count, age)
+    store.put_many([b"%d" % i for i in range(12)])
+    finished = {}
+    leased = store.lease("t", 12, now=clock.time(), ttl=60.0)
+    order = [11, *range(11)]  # the newest id finishes first: it is the oldest history
+    for n, i in enumerate(order):
+        (msg,) = [m for m in leased if m.token.id == i + 1]
+        store.ack([msg.token])
+        finished[i + 1] = clock.time()
+        if n % 2:  # two by two: equal finish times
+            clock.advance(1.0)
+    store.collect()
+    store.trim()
+    ranked = sorted(finished, key=lambda i: (finished[i], i), reverse=True)
+    kept = ranked[:count] if count is not None else ranked
+    if age is not None:
+        kept = [i for i in kept if finished[i] >= clock.time() - age]
+    assert sorted(r.id for r in store.records([State.DONE], limit=100)) == sorted(kept)
+    (new,) = store.put_many([b"new"])
+    assert new == 13, "an id never comes back"
+    store.close()

@@ -101,6 +101,8 @@ _NEXT_DUE: Final = "SELECT min(at) FROM (" + " UNION ALL ".join(
     + _EVENTS
 ) + ")"
 _PUT_TOTAL: Final = put_total_sql("q.")
+#: History: finished rows that retention may drop (dead letters stay until purged).
+_HISTORY: Final = f"finished IS NOT NULL AND state IN ({_DONE}, {_EXPIRED})"
 _NEXT_EVENT: Final = "SELECT min(at) FROM (" + " UNION ALL ".join(_EVENTS) + ")"
 
 
@@ -403,23 +405,35 @@ class PolicyVerbs:
 
     def _trim(self, con: sqlite3.Connection, top: int) -> None:
         """Apply the retention policy to history; ``con`` is the message file, in a write
-        transaction."""
+        transaction. Set-based: one ``DELETE`` over a range of the ``finished`` index (the
+        age limit, and the count limit as the (finished, id) of its first row to go), not a
+        statement per row (thousands per trim)."""
         self._collected = 0
         r = self.retention
-        history = f"finished IS NOT NULL AND state IN ({_DONE}, {_EXPIRED})"
-        ids: set[int] = set()
+        # What goes is a prefix of the (finished, id) order whichever limit is hit: the
+        # older bound is the one that drops more.
+        where = ""
+        args: tuple[Any, ...] = ()
         if r.age is not None:
-            ids.update(i for (i,) in con.execute(
-                f"SELECT id FROM dq_message WHERE {history} AND finished < ?",
-                (self.clock.time() - r.age,),
-            ))
+            where, args = "finished < ?", (self.clock.time() - r.age,)
         if r.count is not None:
-            ids.update(i for (i,) in con.execute(
-                f"SELECT id FROM dq_message WHERE {history} "
-                "ORDER BY finished DESC, id DESC LIMIT -1 OFFSET ?",
+            first = con.execute(
+                f"SELECT finished, id FROM dq_message INDEXED BY dq_message_finished "
+                f"WHERE {_HISTORY} ORDER BY finished DESC, id DESC LIMIT 1 OFFSET ?",
                 (r.count,),
-            ))
-        drop_messages(con, "dq_message", ids, top)
+            ).fetchone()
+            if first is not None and not (args and first[0] < args[0]):
+                where, args = "(finished, id) <= (?, ?)", tuple(first)
+        if where:
+            where = f"{_HISTORY} AND {where}"
+            # The newest row stays, as an empty tombstone (see drop_messages).
+            if con.execute(f"SELECT 1 FROM dq_message WHERE id = ? AND {where}",
+                           (top, *args)).fetchone():
+                drop_messages(con, "dq_message", [top], top)
+            con.execute(
+                f"DELETE FROM dq_message INDEXED BY dq_message_finished WHERE {where} AND id != ?",
+                (*args, top),
+            )
         cutoff = self.clock.time() - r.age if r.age is not None else float("-inf")
         self._ledger().execute(
             "DELETE FROM dq_failure WHERE time < ? OR id <= "
