@@ -521,3 +521,27 @@ def test_a_stream_of_plain_puts_does_not_make_the_owner_tick(qpath: Path) -> Non
         assert _CountingStore.ticks <= 2, _CountingStore.ticks  # the one at start, at most
     finally:
         q.close()
+
+
+def test_the_collector_waits_out_a_producers_lock_instead_of_giving_up(qpath: Path) -> None:
+    """A producer committing batches holds the message file's lock often; a collector that
+    gave up on it left acked rows piling up, and every lease walked past them."""
+    from durableq.store._diskcache import GC_BATCH
+
+    store = DiskcacheStore(qpath)
+    store.put_many([b"x"] * GC_BATCH)
+    leased = store.lease("test", GC_BATCH, now=store.clock.time(), ttl=60.0)
+    producer = sqlite3.connect(qpath / "cache.db", timeout=0, isolation_level=None)
+    producer.execute("BEGIN IMMEDIATE")  # a producer's commit in progress
+    store.ack([m.token for m in leased])  # GC_BATCH acks: the helper thread collects them
+    job = store._collector
+    assert job is not None
+    assert not job.done.wait(0.2), "the collector gave up on the lock"
+    producer.execute("COMMIT")
+    assert job.done.wait(TIMEOUT)
+    store.collect()  # drops the ledger entries of what the helper moved
+    con = sqlite3.connect(qpath / "cache.db")
+    (kept,) = con.execute("SELECT count(*) FROM dq_message WHERE finished IS NOT NULL").fetchone()
+    con.close()
+    assert kept == GC_BATCH, "every acked row is history now"
+    store.close()
