@@ -339,17 +339,13 @@ class Executor(AdminMixin, futures.Executor):
         store.retention, store.clock = retention, clock
         # The owner of an embedded store numbers its tasks itself: a submit is then one
         # write to its put log, not a SQLite commit (store/_numbers.py).
-        self._put = (
-            store.put_numbered
-            if isinstance(store, DiskcacheStore) and lock is not None
-            else store.put_many
-        )
+        owned = store if isinstance(store, DiskcacheStore) and lock is not None else None
+        self._put = owned.put_numbered if owned is not None else store.put_many
         self._logged = 0  # submits since the dispatcher was last asked to ingest them
         # Ids up to here were stored before this executor opened: earlier runs' tasks (and,
-        # with peers, anyone's). Ids above are this run's only without peers.
-        self._earlier = (
-            store.top_id() if isinstance(store, DiskcacheStore) else store.counts().put_total
-        )
+        # with peers, anyone's). Ids above are this run's only without peers. (With
+        # numbered puts, ids and puts differ: the highest id, reserved ones included.)
+        self._earlier = owned.top_id() if owned is not None else store.counts().put_total
         self._recovered: dict[int, TaskFuture] | None = None
         self._handed: dict[int, TaskFuture] = {}  # revived or replayed, not yet asked for
         self._state = state = _State(keep_results=durable, earlier=self._earlier, peers=peers)

@@ -455,13 +455,13 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
             return
         now = self.clock.time()
         rows = [(priority, due, now, p, deadline, bump, expires) for p in payloads]
-        writer = self._log_writer
-        if writer is None:
-            writer = self._writer()
-        writer.append(rows)
+        self._writer().append(rows)
 
     def _writer(self) -> LogWriter:
-        """This process's put log, made by its first put."""
+        """This process's put log, made by its first put (no lock once it exists)."""
+        writer = self._log_writer
+        if writer is not None:
+            return writer
         with self._log_lock:
             if self._log_writer is None:
                 self._log_writer = LogWriter(

@@ -73,7 +73,6 @@ class NumberedPuts:
 
     _numbers: list[int] | None  # [next id, last id, first id] of this process's block
     _numbers_lock: threading.Lock
-    _log_writer: LogWriter | None
     clock: Any
 
     if TYPE_CHECKING:  # provided by DiskcacheStore
@@ -110,8 +109,7 @@ class NumberedPuts:
             if block is None or block[0] + len(rows) - 1 > block[1]:
                 block = self._reserve(len(rows))
             ids = list(range(block[0], block[0] + len(rows)))
-            writer = self._log_writer or self._writer()
-            writer.append(rows, ids)  # raises: the ids stay free for the next put
+            self._writer().append(rows, ids)  # raises: the ids stay free for the next put
             block[0] += len(rows)
         return ids
 
@@ -125,9 +123,7 @@ class NumberedPuts:
             self._settle_ids(give_back=False)
         con = self._messages()
         with self._write(con):
-            first, last, _, skipped = con.execute(
-                "SELECT first, last, highest, skipped FROM dq_ids"
-            ).fetchone()
+            (skipped,) = con.execute("SELECT skipped FROM dq_ids").fetchone()
             if ours is not None:
                 skipped += ours[1] - ours[0] + 1  # what is left of ours: never used
             (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
