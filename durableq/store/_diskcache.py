@@ -184,9 +184,16 @@ _COLLECT_ONE: Final = (
     "bump = NULL, expires = NULL WHERE id = ?"
 )
 _UNLOG: Final = "DELETE FROM dq_log WHERE name IN (SELECT column1 FROM (VALUES {values}))"
+# Matched by (id, state, attempts): an entry that changed since it was collected (revived
+# by a repair, delivered and finished again) is not the one collected, and stays.
 _UNLEDGER: Final = (
-    f"DELETE FROM dq_delivery WHERE state IN ({_DONE}, {_DEAD}, {_EXPIRED}) "
-    "AND id IN (SELECT column1 FROM (VALUES {values}))"
+    "DELETE FROM dq_delivery WHERE id IN (SELECT d.id FROM (VALUES {values}) AS v "
+    "JOIN dq_delivery AS d ON d.id = v.column1 AND d.state = v.column2 "
+    "AND d.attempts = v.column3)"
+)
+_FINISHED: Final = (
+    f"SELECT id, state, attempts, expiry, flags FROM dq_delivery "
+    f"WHERE state IN ({_DONE}, {_DEAD}, {_EXPIRED})"
 )
 
 # A discarded message leaves no history: finished (expiry) stays NULL.
@@ -704,7 +711,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
             self._uncollected = 0
             return 0
         try:
-            self._move(rows, wait=wait)
+            rows = self._move(rows, wait=wait)
         except Busy:
             return 0
         self._unledger(rows)
@@ -738,7 +745,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
         # to a producer committing batches one time in three: acked rows piled up (~700,
         # up to 5,000) and every lease walked past them.
         try:
-            self._move(job.rows, wait=True)
+            job.rows = self._move(job.rows, wait=True)
         except StoreTimeout:
             job.rows = []  # a producer held the lock throughout: the rows stay marked
         except sqlite3.Error as exc:
@@ -761,21 +768,26 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
             self._unledger(job.rows)
 
     def _finished_rows(self) -> list[Any]:
-        return self._read(
-            f"SELECT id, state, attempts, expiry, flags FROM dq_delivery "
-            f"WHERE state IN ({_DONE}, {_DEAD}, {_EXPIRED})"
-        )
+        return self._read(_FINISHED)
 
-    def _move(self, rows: list[Any], *, wait: bool) -> None:
-        """The message-file half of ``collect``, then a checkpoint if the log grew."""
+    def _move(self, rows: list[Any], *, wait: bool) -> list[Any]:
+        """The message-file half of ``collect``, then a checkpoint if the log grew; returns
+        the rows moved.
+
+        Only rows the ledger still holds as they were read are moved, checked under the
+        message file's lock: meanwhile a repair in another process (``revive``) may have
+        collected one, made it ready again and had it delivered, and moving the stale row
+        would bury a message in use, or bring it back once more.
+        """
         keep = self.retention.keeps
-        gone = {
-            r[0] for r in rows
-            if (r[1] == _DONE and r[3] is None) or (r[1] != _DEAD and not keep)
-        }
-        kept = [(r[1], r[2], r[3], r[4], r[0]) for r in rows if r[0] not in gone]
         con = self._messages()
         with self._write(con) if wait else self._try_write(con):
+            rows = self._unchanged(rows)
+            gone = {
+                r[0] for r in rows
+                if (r[1] == _DONE and r[3] is None) or (r[1] != _DEAD and not keep)
+            }
+            kept = [(r[1], r[2], r[3], r[4], r[0]) for r in rows if r[0] not in gone]
             (top,) = con.execute("SELECT max(id) FROM dq_message").fetchone()
             drop_messages(con, "dq_message", gone, top)  # the newest stays a tombstone
             if SET_BASED:
@@ -786,11 +798,25 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
             if self._collected >= max(TRIM_EVERY, (self.retention.count or 0) // 2):
                 self._trim(con, top)
         self._checkpoint(con)
+        return rows
+
+    def _unchanged(self, rows: list[Any]) -> list[Any]:
+        """Those of ``rows`` (read from the ledger earlier) that it still holds unchanged."""
+        ledger = self._ledger()
+        current: set[tuple[Any, ...]] = set()
+        for i in range(0, len(rows), 500):  # SQLite's bound on host parameters
+            part = [r[0] for r in rows[i : i + 500]]
+            current.update(ledger.execute(
+                f"{_FINISHED} AND id IN ({','.join('?' * len(part))})", part
+            ).fetchall())
+        return [r for r in rows if tuple(r) in current]
 
     def _unledger(self, rows: list[Any]) -> None:
+        if not rows:
+            return
         ledger = self._ledger()
         with self._write(ledger, "BEGIN"):
-            many(ledger, _UNLEDGER, [(r[0],) for r in rows])
+            many(ledger, _UNLEDGER, [(r[0], r[1], r[2]) for r in rows])
 
     def _checkpoint(self, con: sqlite3.Connection) -> None:
         """Copy the message file's log into the database once it passed CHECKPOINT_BYTES,
