@@ -547,23 +547,23 @@ def test_the_collector_waits_out_a_producers_lock_instead_of_giving_up(qpath: Pa
     store.close()
 
 
-def test_a_collection_read_before_a_repair_never_undoes_it(qpath: Path) -> None:
-    """A busy owner's collector reads the finished rows, then waits for the lock; a repair
-    in another process may collect and revive one of them meanwhile. Moving the stale row
-    buried the revived message (or, dropped from the ledger after its redelivery was acked,
-    brought it back a third time): each one must be delivered exactly once more."""
+def test_a_collection_never_undoes_a_repair_made_while_it_waited(qpath: Path) -> None:
+    """A busy owner's collector waits for the message file's lock; a repair in another
+    process may collect and revive a dead message meanwhile. Moving rows read before the
+    lock buried the revived message, and dropping their ledger entries after its
+    redelivery was acked brought it back a third time: it is delivered exactly once more."""
     owner = DiskcacheStore(qpath)
     owner.put_many([b"x"])
     (first,) = owner.lease("test", 1, now=owner.clock.time(), ttl=60.0)
     owner.nack([first.token], requeue=False)  # dead, in the ledger, not yet collected
-    stale = owner._finished_rows()  # what the collector read before waiting for the lock
+    before = owner._finished_rows()  # the ledger as the collector found it, unlocked
     repair = DiskcacheStore.attach(qpath)
     assert repair.revive(None, now=repair.clock.time()) == [first.token.id]
-    owner._move(stale, wait=True)  # the collector, its lock granted at last
+    assert owner._move(wait=True) == [], "what the ledger holds once the lock is ours"
     again = owner.lease("test", 5, now=owner.clock.time(), ttl=60.0)
     assert [(m.token.id, m.token.attempt) for m in again] == [(first.token.id, 2)], "buried"
     owner.ack([again[0].token])
-    owner._unledger(stale)  # the collector's late drop of what it read
+    owner._unledger(before)  # a late drop of entries read before the repair
     assert owner.lease("test", 5, now=owner.clock.time(), ttl=60.0) == [], "back again"
     assert owner.collect() == 1
     assert owner.lease("test", 5, now=owner.clock.time(), ttl=60.0) == []

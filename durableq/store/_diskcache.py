@@ -706,12 +706,11 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
         marked in the ledger and are collected next time. Returns how many were collected.
         """
         self._finish_collecting()  # one at a time: a later one sees what it did
-        rows = self._finished_rows()
-        if not rows:
+        if not self._finished_rows():
             self._uncollected = 0
-            return 0
+            return 0  # without taking the producers' lock
         try:
-            rows = self._move(rows, wait=wait)
+            rows = self._move(wait=wait)
         except Busy:
             return 0
         self._unledger(rows)
@@ -728,11 +727,8 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
             if not job.done.is_set():
                 return  # still at it: these rows wait for the next batch
             self._finish_collecting()
-        rows = self._finished_rows()
         self._uncollected = 0
-        if not rows:
-            return
-        job = self._collector = _Collection(rows)
+        job = self._collector = _Collection()
         with self._log_lock:
             helper = self._helper
             if helper is None:
@@ -745,9 +741,9 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
         # to a producer committing batches one time in three: acked rows piled up (~700,
         # up to 5,000) and every lease walked past them.
         try:
-            job.rows = self._move(job.rows, wait=True)
+            job.rows = self._move(wait=True)
         except StoreTimeout:
-            job.rows = []  # a producer held the lock throughout: the rows stay marked
+            pass  # a producer held the lock throughout: the rows stay marked
         except sqlite3.Error as exc:
             job.error = self._error("collect", exc)
         except BaseException as exc:  # handed to the owner's thread by _finish_collecting
@@ -770,19 +766,19 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
     def _finished_rows(self) -> list[Any]:
         return self._read(_FINISHED)
 
-    def _move(self, rows: list[Any], *, wait: bool) -> list[Any]:
+    def _move(self, *, wait: bool) -> list[Any]:
         """The message-file half of ``collect``, then a checkpoint if the log grew; returns
         the rows moved.
 
-        Only rows the ledger still holds as they were read are moved, checked under the
-        message file's lock: meanwhile a repair in another process (``revive``) may have
-        collected one, made it ready again and had it delivered, and moving the stale row
-        would bury a message in use, or bring it back once more.
+        The finished rows are read from the ledger under the message file's lock, not
+        before it: a repair in another process (``revive``) takes that lock too, and may
+        have collected a row, made it ready again and had it delivered meanwhile; moving
+        a row read before would bury a message in use, or bring it back once more.
         """
         keep = self.retention.keeps
         con = self._messages()
         with self._write(con) if wait else self._try_write(con):
-            rows = self._unchanged(rows)
+            rows = self._finished_rows()
             gone = {
                 r[0] for r in rows
                 if (r[1] == _DONE and r[3] is None) or (r[1] != _DEAD and not keep)
@@ -799,17 +795,6 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
                 self._trim(con, top)
         self._checkpoint(con)
         return rows
-
-    def _unchanged(self, rows: list[Any]) -> list[Any]:
-        """Those of ``rows`` (read from the ledger earlier) that it still holds unchanged."""
-        ledger = self._ledger()
-        current: set[tuple[Any, ...]] = set()
-        for i in range(0, len(rows), 500):  # SQLite's bound on host parameters
-            part = [r[0] for r in rows[i : i + 500]]
-            current.update(ledger.execute(
-                f"{_FINISHED} AND id IN ({','.join('?' * len(part))})", part
-            ).fetchall())
-        return [r for r in rows if tuple(r) in current]
 
     def _unledger(self, rows: list[Any]) -> None:
         if not rows:
@@ -1027,8 +1012,8 @@ class _Collection:
 
     __slots__ = ("done", "error", "rows")
 
-    def __init__(self, rows: list[Any]) -> None:
-        self.rows = rows
+    def __init__(self) -> None:
+        self.rows: list[Any] = []  # those moved, once done
         self.done = threading.Event()
         self.error: BaseException | None = None
 
