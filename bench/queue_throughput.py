@@ -23,7 +23,10 @@ process start-up is not part of any rate.
    duplicates are caught; a consumer that waits STALL_S for its next message stops and
    reports what it got (the row is then marked INCOMPLETE). durableq acks in ``ack="auto"``
    mode (on the next get, and on close); persistqueue's consumer calls ``get()`` then
-   ``ack()``.
+   ``ack()``. Beside it, each row gives the producers' own rate (``puts/s``): from the
+   first put until every producer returned from closing its handle (durableq: all
+   committed; mp.Queue: its feeder thread wrote everything to the pipe), while the
+   consumers run.
    persistqueue's blocking ``get()`` waits on a per-process ``threading.Event`` (10 s tick)
    that another process's put never sets, so its consumer polls ``get(block=False)``, like the
    diskcache.Deque consumer polls ``popleft()``: retry at once, sleeping POLL_S (< 1 ms)
@@ -418,7 +421,7 @@ def _producer(conn: Connection, chan: Channel, ids: range, batch: int, go: Any) 
         for i in ids:
             chan.put(_message(i))
     chan.detach()
-    conn.send(start)
+    conn.send((start, time.perf_counter_ns()))
 
 
 def _consumer(conn: Connection, chan: Channel, go: Any) -> None:
@@ -453,7 +456,8 @@ def measure_throughput(chan: Channel, case: Case) -> dict[str, Any]:
         ]
         _expect_ready(consumers + producers)
         go.set()
-        starts = [p.recv() for p in producers]
+        spans = [p.recv() for p in producers]
+        starts = [start for start, _ in spans]
         for p in producers:
             p.join()
         chan.attach()  # only now: no child inherits the parent's handle
@@ -470,6 +474,9 @@ def measure_throughput(chan: Channel, case: Case) -> dict[str, Any]:
     return {
         "msgs_per_s": count / seconds,
         "seconds": seconds,
+        # The producers' side alone: committed (durableq), handed to the pipe (mp.Queue's
+        # feeder flushed), from the first put to the last producer done.
+        "put_msgs_per_s": case.n / ((max(end for _, end in spans) - min(starts)) / 1e9),
         "received": count,
         "complete": count == case.n and id_sum == case.n * (case.n - 1) // 2,
         "stalled_consumers": sum(r[3] for r in reports),
@@ -764,14 +771,21 @@ def _note(row: dict[str, Any]) -> str:
 def print_throughput(rows: list[dict[str, Any]]) -> None:
     print(f"\nThroughput, put -> get -> ack (fork, {CPUS} CPUs)")
     print(f"{'impl':<30} {'procs':>6} {'N':>8} {'msgs/s':>10} {'x mp.Queue':>11}"
-          f" {'runs (min-max)':>17}  note")
+          f" {'runs (min-max)':>17} {'puts/s':>10} {'x mp.Queue':>11}  note")
+    mp_puts = {r["procs"]: r.get("put_msgs_per_s") for r in rows
+               if r["impl"] == "multiprocessing.Queue"}
     for r in rows:
         spread = r.get("runs_msgs_per_s") or []
         span = f"{len(spread)} ({spread[0] / 1e3:,.1f}-{spread[-1] / 1e3:,.1f}k)" if spread else ""
+        puts = r.get("put_msgs_per_s")
         print(
             f"{r['impl']:<30} {r['procs']:>6} {r['n']:>8} {_fmt(r.get('msgs_per_s'), ',.0f'):>10}"
-            f" {_fmt(r.get('x_mp_queue'), '.2f'):>11} {span:>17}  {_note(r)}"
+            f" {_fmt(r.get('x_mp_queue'), '.2f'):>11} {span:>17} {_fmt(puts, ',.0f'):>10}"
+            f" {_fmt(_ratio(puts, mp_puts.get(r['procs'])), '.2f'):>11}  {_note(r)}"
         )
+    print("puts/s: the producers' side alone, from their first put until each had returned "
+          "from close()\n(durableq: committed; mp.Queue: its feeder thread has written "
+          "everything to the pipe)")
 
 
 def print_latency(latency: dict[str, dict[str, Any]]) -> None:
@@ -883,6 +897,10 @@ def main(argv: list[str] | None = None) -> int:
                   f" (run {rep + 1}/{sizes.repeat}) ...")
             runs[i].append(run_case(case))
     rows = [median_run(r, "msgs_per_s") for r in runs]
+    for row, case_runs in zip(rows, runs, strict=True):  # the put rate's own median
+        puts = sorted(float(r["put_msgs_per_s"]) for r in case_runs if "put_msgs_per_s" in r)
+        if puts and "error" not in row:
+            row["put_msgs_per_s"], row["runs_put_msgs_per_s"] = puts[(len(puts) - 1) // 2], puts
     add_ratios(rows)
     results["throughput"] = rows
     results["latency"] = {}
