@@ -93,8 +93,8 @@ class Maintainer(Inspector):
                 delay = min(delay * 2, 0.05)
 
     def _woken(self, ids: list[int]) -> list[int]:
-        """Wake a ``durableq worker`` serving this queue when messages became ready (a no-op
-        without one; a Queue owner finds them at its safety re-check)."""
+        """Wake the ``durableq worker`` or ``Queue`` owning this queue when messages
+        became ready (a no-op without one): their dispatchers watch its FIFOs."""
         if ids and any(ids):
             from ._service import wake_service
 

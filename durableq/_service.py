@@ -24,7 +24,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any
 
 from ._executor import Executor
 from ._schedule import timing_of
@@ -32,10 +32,8 @@ from ._security import make_directory
 from ._task import Options, check_options, encode_call
 from .store import DiskcacheStore, Store
 from .store._command_wakeup import FifoWakeups, FifoWatch
-
-#: Directory of the service's FIFO, inside the queue directory.
-WAKE_DIR: Final = "task-wake"
-_TARGET: Final = "tasks"
+from .store._diskcache import WAKE_DIR, wake_owner
+from .store._diskcache import WAKE_TARGET as _TARGET
 
 
 class WorkerService(Executor):
@@ -114,8 +112,9 @@ class WorkerService(Executor):
 
 
 def wake_service(path: str | os.PathLike[str]) -> None:
-    """Wake the ``WorkerService`` serving ``path``, if one runs: tasks became ready."""
-    FifoWakeups(os.path.join(os.fspath(path), WAKE_DIR)).poke([_TARGET])
+    """Wake the ``WorkerService`` serving ``path`` (or the ``Queue`` owning it), if one
+    runs: messages became ready."""
+    wake_owner(path)
 
 
 def _poke(watch: FifoWatch) -> None:

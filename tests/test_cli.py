@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner, Result
 
 import durableq
@@ -212,6 +213,40 @@ def test_retry_beside_a_live_owner_is_delivered(qpath: Path) -> None:
     assert (msg.id, msg.body) == (1, "again")
     msg.ack()
     del q  # the owner shuts down; its pid stays on record
+
+
+def test_retry_from_another_program_wakes_a_waiting_consumer_at_once(
+    qpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner's dispatcher watches the queue directory's FIFO that repairs poke: a
+    consumer already waiting gets the revived message without the safety re-check (made
+    an hour here, so that only the wakeup can deliver it)."""
+    import threading
+
+    from durableq import _dispatcher
+
+    monkeypatch.setattr(_dispatcher, "SAFETY_CHECK", 3600.0)
+    q = durableq.Queue(path=qpath, ack="manual")
+    q.put("again")
+    q.get_message(timeout=TIMEOUT).nack(requeue=False)
+    got: list[Any] = []
+    waiting = threading.Thread(
+        target=lambda queue: got.append(queue.get_message(timeout=TIMEOUT)), args=(q,)
+    )
+    waiting.start()
+    end = time.monotonic() + TIMEOUT
+    while not q._shared.hungry.value:  # the owner holds the consumer's request
+        assert time.monotonic() < end, "the consumer's request never reached the owner"
+        time.sleep(0.001)
+    out = subprocess.run(
+        [sys.executable, "-m", "durableq", "retry", str(qpath), "--dead", "--json"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=True,
+    )
+    assert json.loads(out.stdout)["retried"] == [1]
+    waiting.join(TIMEOUT)
+    assert [(m.id, m.body, m.attempts) for m in got] == [(1, "again", 2)]
+    got[0].ack()
+    del q
 
 
 def test_export_import_round_trip(qpath: Path, tmp_path: Path) -> None:

@@ -110,13 +110,21 @@ class FifoWatch:
         self._poll = select.poll()
         self._poll.register(self._r, select.POLLIN)
 
+    def fileno(self) -> int:
+        """The read end, for a caller that polls it among other descriptors."""
+        return self._r
+
+    def drain(self) -> None:
+        """Read the wakeups that came (after ``fileno()`` polled readable)."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._r, 4096):
+                pass
+
     def wait(self, timeout: float | None) -> bool:
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
         if not self._poll.poll(ms):
             return False
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._r, 4096):
-                pass
+        self.drain()
         return True
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from .._errors import ConfigurationError, StoreError, StoreTimeout
 from .._policy import Retention
 from .._records import Fault, Leased, LeaseToken, Priority, State
 from .._security import DATABASES, create_private, make_directory, tighten
+from ._command_wakeup import FifoWakeups, FifoWatch
 from ._integrity import Integrity, sign_message
 from ._numbers import MOVED, NumberedPuts
 from ._numbers import SCHEMA as _IDS_SCHEMA
@@ -128,6 +129,10 @@ _INSERT_GUESSED: Final = (
 PRODUCER_CHECKPOINT: Final = 16384
 #: The log size past which the owner checkpoints it (SQLite's own default: 1000 pages).
 CHECKPOINT_BYTES: Final = 4 * 1024 * 1024
+#: Directory (in the queue directory) of the FIFOs that wake its owner when another
+#: program made messages ready (``wake_owner``): a ``durableq worker``'s, a Queue's.
+WAKE_DIR: Final = "task-wake"
+WAKE_TARGET: Final = "tasks"
 #: History rows collected between two retention trims.
 TRIM_EVERY: Final = 1024
 # Run on the ledger connection, with the message file attached as "q".
@@ -832,6 +837,19 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
             self.collect()  # at open: nothing competes yet
         return count
 
+    # -- wakeups from other programs --------------------------------------------------------
+
+    def watch_puts(self) -> FifoWatch:
+        """A FIFO in the queue directory that ``wake_owner`` writes to: the owner's
+        dispatcher polls it, so messages another program made ready (``durableq retry``,
+        ``replay``, ``import``, a ``Submitter``) go out at once, not at its next safety
+        re-check. Its producers' puts need none: they notify over the owner's pipe."""
+        return FifoWakeups(os.path.join(self.path, WAKE_DIR)).watch(WAKE_TARGET)
+
+    def wake_owner(self) -> None:
+        """Wake whoever watches this directory (``watch_puts``); cheap when nobody does."""
+        wake_owner(self.path)
+
     # -- reads: any process -------------------------------------------------------------------
 
     @staticmethod
@@ -988,6 +1006,11 @@ def _settled(
         rows = [(*r, t.attempt) for t, r in zip(tokens, results, strict=True)]
         many(con, _RESULTS_MANY, rows, after=(state,))
     return applied
+
+
+def wake_owner(path: str | os.PathLike[str]) -> None:
+    """``DiskcacheStore.wake_owner`` for a directory no store is open on."""
+    FifoWakeups(os.path.join(os.fspath(path), WAKE_DIR)).poke([WAKE_TARGET])
 
 
 def _signer(store: weakref.ref[DiskcacheStore]) -> Any:
