@@ -423,6 +423,34 @@ def test_a_lease_trusts_a_row_it_just_signed_only_while_the_row_is_unchanged(
     store.close()
 
 
+def test_a_backlog_past_the_remembered_rows_keeps_the_oldest_ones_cheap(
+    qpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Leases take the oldest rows first: once the owner remembers FRESH_MAX rows, newer
+    # ones are the ones checked the long way (it used to forget everything and then miss
+    # the very rows leased next), and a lease that finds none of its rows there empties it.
+    from durableq.store import _integrity
+
+    monkeypatch.setattr(_integrity, "FRESH_MAX", 50)
+    checked: list[int] = []
+    real = _integrity.message_ok
+    monkeypatch.setattr(_integrity, "message_ok",
+                        lambda key, id_, *rest: checked.append(id_) or real(key, id_, *rest))
+    store = DiskcacheStore(qpath)
+    for k in range(3):  # three drains of 40
+        put(store, *[b"%d" % (40 * k + i) for i in range(40)])
+        store.ingest()
+    assert len(store._fresh) == 50
+    assert len(store.lease("t", 60, now=store.clock.time(), ttl=60.0)) == 60
+    assert checked == list(range(51, 61)), "only rows past the first 50 took the long way"
+    assert store._fresh == {}
+    put(store, *[b"x"] * 60)  # remembered: 50 of them
+    store.ingest()
+    store.lease("t", 60, now=store.clock.time(), ttl=60.0)  # the other 60 of the backlog
+    assert len(store._fresh) == 0, "a lease with no remembered row cleared it"
+    store.close()
+
+
 def _on_cue(q: durableq.Queue, conn: Any, k: int) -> None:
     while (i := conn.recv()) is not None:
         q.put((i, k))

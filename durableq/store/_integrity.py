@@ -246,24 +246,33 @@ class Integrity:
         function of id, created time and body), at a byte comparison's cost."""
         key = self._mac_key()
         fresh = self._fresh
+        full = len(fresh) >= FRESH_MAX
         bad = []
+        missed = 0
         for r in rows:
             if fresh.pop(r[0], None) == (r[-2], r[2], r[-1]):
                 continue
+            missed += 1
             if not message_ok(key, r[0], r[-2], r[2], r[-1]):
                 bad.append(r)
+        if full and missed == len(rows):
+            fresh.clear()  # it holds rows not leased now (expired, purged, held back)
         return bad
 
     def remember(self, signed: Sequence[tuple[Any, ...]]) -> None:
         """After the commit of ``signed`` rows ``(id, priority, due, created, body, ...,
-        mac)``: keep the small ones for ``_untrusted``, up to ``FRESH_MAX`` (then start
-        over: rows never leased soon are checked the long way)."""
+        mac)``: keep the small ones for ``_untrusted``, up to ``FRESH_MAX``. Once full it
+        keeps what it has: leases take the oldest rows first, and those are the ones kept
+        (a backlog's newer rows are checked the long way); a lease that finds none of its
+        rows there empties it."""
         fresh = self._fresh
-        if len(fresh) + len(signed) > FRESH_MAX:
-            fresh.clear()
+        room = FRESH_MAX - len(fresh)
         for r in signed:
+            if room <= 0:
+                break
             if len(r[4]) <= FRESH_BODY_MAX:
                 fresh[r[0]] = (r[3], r[4], r[-1])
+                room -= 1
 
     def _quarantine(
         self, con: sqlite3.Connection, rows: Sequence[Sequence[Any]], now: float
