@@ -32,6 +32,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
@@ -47,6 +48,7 @@ from ._records import Failure, Fault, LeaseToken
 from ._schedule import Timing
 from ._wakeup import FrameReader, Waiter, Wakeup, readable
 from .store import Store
+from .store._command_wakeup import FifoWatch
 
 T = TypeVar("T")
 log = logging.getLogger("durableq")
@@ -100,6 +102,7 @@ class Dispatcher(threading.Thread):
         self.counters = Counters()
         self.stopping = False
         self._listener = w.listen(address)
+        _live.add(self)
         self._wakeup = Wakeup()
         self._waiter = Waiter()
         #: A server store's peers commit without telling us: its subscription wakes us.
@@ -190,6 +193,21 @@ class Dispatcher(threading.Thread):
         self._wakeup.close()
         if self._put_watch is not None:
             self._put_watch.close()
+
+    def _forget_descriptors(self) -> None:
+        """In a child forked from the owner: close the copies of the listener, of the
+        owner's end of every consumer's connection, and of the wakeups. Kept open, they
+        outlive the owner in every child it forked: a consumer blocked on its connection
+        never sees the owner die. The dispatcher's thread does not run in the child."""
+        self.stopping = True
+        for conn in list(self._consumers):
+            if conn is not None:
+                conn.close()
+        self._consumers.clear()
+        self._listener.close()
+        self._wakeup.forget()
+        if isinstance(self._put_watch, FifoWatch):  # a server's subscription is left be:
+            self._put_watch.close()  # closing it may talk on the parent's connection
 
     def _waitables(self) -> list[Any]:
         # Drained even with nobody waiting: an unread subscription backs up in the server.
@@ -583,6 +601,19 @@ class Dispatcher(threading.Thread):
             c.send(frame)
         except OSError:
             self._drop(c)
+
+
+#: This process's dispatchers: a forked child closes their descriptors.
+_live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for dispatcher in list(_live):
+        dispatcher._forget_descriptors()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def read_store(store: Store, name: str) -> Any:

@@ -48,6 +48,12 @@ class Wakeup:
                 os.close(self._w)
                 self._w = -1
 
+    def forget(self) -> None:
+        """``close`` in a forked child, where a thread of the parent may have held the
+        lock at fork()."""
+        self._lock = threading.Lock()
+        self.close()
+
 
 class Waiter:
     """``multiprocessing.connection.wait`` for a loop that waits on the same objects round

@@ -177,6 +177,32 @@ def put_after_owner_dies(q: durableq.Queue, pids: Any, out: Any, ready: Any) -> 
     out.join_thread()
 
 
+def own_then_fork_a_bystander(path: str, out: Any, bystander: Any, ready: Any) -> None:
+    import multiprocessing
+    import time
+
+    ctx = multiprocessing.get_context("fork")
+    q = durableq.Queue(path=path, ctx=ctx)
+    ctx.Process(target=report_owner_gone, args=(q, out)).start()
+    end = time.monotonic() + TIMEOUT
+    while not q._shared.hungry.value:  # the consumer's connection accepted, its get waiting
+        assert time.monotonic() < end
+        time.sleep(0.001)
+    # Forked now, it holds copies of whatever descriptors the owner has open.
+    sleeper = ctx.Process(target=time.sleep, args=(3 * TIMEOUT,))
+    sleeper.start()
+    bystander.value = sleeper.pid
+    ready.set()
+    signal.pause()
+
+
+def report_owner_gone(q: durableq.Queue, out: Any) -> None:
+    try:
+        q.get()
+    except durableq.OwnerGone:
+        out.put("owner gone")
+
+
 # -- the kill points ----------------------------------------------------------------------
 
 
@@ -308,3 +334,27 @@ def test_producers_keep_committing_after_the_owner_dies(ctx: Any, tmp_path: Path
     assert out.get(timeout=TIMEOUT) == "put returned"
     q = durableq.Queue(path=path, ack="manual", wait_for_owner=True)
     assert [m.body for m in drain(q)] == ["before", "after the owner died"]
+
+
+def test_a_consumer_sees_its_owner_die_though_the_owner_forked_others_since(
+    tmp_path: Path,
+) -> None:
+    """fork() copies the owner's descriptors, its end of each consumer's connection among
+    them, into every child it starts later: a child that outlives the owner kept each
+    consumer's connection open, and a consumer blocked in get() waited for it for ever
+    (two such consumers waited for each other). The owner's child closes them at fork."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    out, bystander, ready = ctx.Queue(), ctx.Value("i", 0), ctx.Event()
+    owner = ctx.Process(target=own_then_fork_a_bystander,
+                        args=(str(tmp_path / "q"), out, bystander, ready))
+    owner.start()
+    try:
+        assert ready.wait(TIMEOUT)
+        os.kill(owner.pid, signal.SIGKILL)
+        assert out.get(timeout=TIMEOUT) == "owner gone"
+    finally:
+        if bystander.value:
+            os.kill(bystander.value, signal.SIGKILL)
+        owner.join(TIMEOUT)  # its sentinel, too, stays open in the bystander until then
