@@ -16,6 +16,7 @@ import collections
 import os
 import queue as pyqueue
 import time
+import weakref
 from collections.abc import Callable
 from multiprocessing import util
 from multiprocessing.connection import Connection
@@ -92,6 +93,7 @@ class Client:
         self.path = path
         self.owner_pid = owner_pid
         self.link = _Link()
+        _live.add(self)
         self._buffer = self.link.buffer
         self._credit = 1
         self._refilled = 0.0
@@ -266,3 +268,20 @@ class Client:
         if not batch:
             raise pyqueue.Empty
         return self._refill(batch)
+
+
+#: This process's clients: a forked child closes their connections (``forget``).
+_live: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A child of any fork() (not only a multiprocessing one, whose start-up does the same
+    through ``Queue._forget_clients``) closes the connections it inherited: kept open, they
+    hide the parent's death from the owner, which learns of it from the connection
+    closing, and the parent's messages waited for their visibility timeout."""
+    for client in list(_live):
+        client.forget()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -203,6 +203,19 @@ def report_owner_gone(q: durableq.Queue, out: Any) -> None:
         out.put("owner gone")
 
 
+def hold_then_fork(q: durableq.Queue, grandchild: Any, ready: Any) -> None:
+    import time
+
+    q.get_message(timeout=TIMEOUT)  # held, never acked
+    pid = os.fork()  # a raw fork (a library's helper), not a multiprocessing child
+    if pid == 0:
+        time.sleep(3 * TIMEOUT)
+        os._exit(0)
+    grandchild.value = pid
+    ready.set()
+    signal.pause()
+
+
 # -- the kill points ----------------------------------------------------------------------
 
 
@@ -358,3 +371,31 @@ def test_a_consumer_sees_its_owner_die_though_the_owner_forked_others_since(
         if bystander.value:
             os.kill(bystander.value, signal.SIGKILL)
         owner.join(TIMEOUT)  # its sentinel, too, stays open in the bystander until then
+
+
+def test_a_consumer_killed_after_forking_a_helper_gives_its_message_back_at_once(
+    tmp_path: Path,
+) -> None:
+    """The owner learns that a consumer died when its connection closes; a child the
+    consumer forked (os.fork, not a multiprocessing child) kept that connection open, so
+    the message came back only at the visibility timeout (an hour here). A forked child
+    closes the client connections it inherits."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    q = durableq.Queue(path=tmp_path / "q", ack="manual", visibility_timeout=3600, ctx=ctx)
+    q.put("held")
+    grandchild, ready = ctx.Value("i", 0), ctx.Event()
+    consumer = ctx.Process(target=hold_then_fork, args=(q, grandchild, ready))
+    consumer.start()
+    try:
+        assert ready.wait(TIMEOUT)
+        os.kill(consumer.pid, signal.SIGKILL)
+        msg = q.get_message(timeout=TIMEOUT)
+        assert (msg.body, msg.attempts) == ("held", 2)
+        msg.ack()
+    finally:
+        if grandchild.value:
+            os.kill(grandchild.value, signal.SIGKILL)
+        consumer.join(TIMEOUT)
+        del q
