@@ -373,16 +373,18 @@ class Queue(AdminMixin, multiprocessing.queues.Queue):  # type: ignore[type-arg]
         priority: Priority | str | int | None = None,
         not_before: datetime.datetime | float | None = None,
         delay: float | None = None,
+        front: bool = False,
         deadline: datetime.datetime | float | None = None,
         ttl: float | datetime.timedelta | None = None,
         expires_at: datetime.datetime | float | None = None,
     ) -> None:
         """Commit every item of ``items`` in one transaction; all or none are stored.
-        Scheduling options apply to every item, as for ``put``."""
+        Scheduling options apply to every item, as for ``put`` (``front=True``: the batch
+        goes ahead of its band, its items in their order)."""
         self._check_open()
         timing = self._timing(
-            priority=priority, not_before=not_before, delay=delay, deadline=deadline,
-            ttl=ttl, expires_at=expires_at,
+            priority=priority, not_before=not_before, delay=delay, front=front,
+            deadline=deadline, ttl=ttl, expires_at=expires_at,
         )
         dumps = self._shared.serializer.dumps
         payloads = [dumps(obj) for obj in items]

@@ -39,7 +39,10 @@ def test_ready_messages_go_by_band_then_fifo_with_front_first(qpath: Path) -> No
     q.put("front1", front=True)
     q.put("front2", front=True)
     q.put_many(["h2", "h3"], priority=0)
-    assert drain(q) == ["high", "h2", "h3", "front2", "front1", "m1", "m2", "low"]
+    q.put_many(["front3", "front4"], front=True)  # the batch leads, in its order
+    assert drain(q) == [
+        "high", "h2", "h3", "front3", "front4", "front2", "front1", "m1", "m2", "low"
+    ]
 
 
 def test_a_delayed_message_is_scheduled_until_due(qpath: Path) -> None:
