@@ -846,10 +846,6 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
         re-check. Its producers' puts need none: they notify over the owner's pipe."""
         return FifoWakeups(os.path.join(self.path, WAKE_DIR)).watch(WAKE_TARGET)
 
-    def wake_owner(self) -> None:
-        """Wake whoever watches this directory (``watch_puts``); cheap when nobody does."""
-        wake_owner(self.path)
-
     # -- reads: any process -------------------------------------------------------------------
 
     @staticmethod
@@ -1009,7 +1005,8 @@ def _settled(
 
 
 def wake_owner(path: str | os.PathLike[str]) -> None:
-    """``DiskcacheStore.wake_owner`` for a directory no store is open on."""
+    """Wake whoever watches the queue directory ``path`` (``DiskcacheStore.watch_puts``);
+    cheap when nobody does."""
     FifoWakeups(os.path.join(os.fspath(path), WAKE_DIR)).poke([WAKE_TARGET])
 
 
