@@ -185,29 +185,28 @@ class Dispatcher(threading.Thread):
             self._apply(final_requeue=held)
         except Exception as exc:  # the store failed: leases come back at the next open
             log.warning("durableq: could not requeue %d leases at shutdown: %s", len(held), exc)
-        for conn in list(self._consumers):
-            if conn is not None:
-                conn.close()
-        self._consumers.clear()
-        self._listener.close()
-        self._wakeup.close()
-        if self._put_watch is not None:
-            self._put_watch.close()
+        self._close_descriptors()
 
-    def _forget_descriptors(self) -> None:
-        """In a child forked from the owner: close the copies of the listener, of the
-        owner's end of every consumer's connection, and of the wakeups. Kept open, they
-        outlive the owner in every child it forked: a consumer blocked on its connection
-        never sees the owner die. The dispatcher's thread does not run in the child."""
-        self.stopping = True
+    def _close_descriptors(self, *, forked: bool = False) -> None:
+        """Close the listener, the owner's end of every consumer's connection and the
+        wakeups: at shutdown, or (``forked``) the copies a child forked from the owner got.
+        Kept open there, they outlive the owner in every child it forked: a consumer
+        blocked on its connection never saw the owner die. (The dispatcher's thread does
+        not run in such a child.)"""
         for conn in list(self._consumers):
             if conn is not None:
                 conn.close()
         self._consumers.clear()
         self._listener.close()
-        self._wakeup.forget()
-        if isinstance(self._put_watch, FifoWatch):  # a server's subscription is left be:
-            self._put_watch.close()  # closing it may talk on the parent's connection
+        if forked:
+            self.stopping = True
+            self._wakeup.forget()
+        else:
+            self._wakeup.close()
+        # A server's subscription is left be in a child: closing it may talk on the
+        # parent's connection.
+        if self._put_watch is not None and (not forked or isinstance(self._put_watch, FifoWatch)):
+            self._put_watch.close()
 
     def _waitables(self) -> list[Any]:
         # Drained even with nobody waiting: an unread subscription backs up in the server.
@@ -609,7 +608,7 @@ _live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for dispatcher in list(_live):
-        dispatcher._forget_descriptors()
+        dispatcher._close_descriptors(forked=True)
     _live.clear()
 
 
