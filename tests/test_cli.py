@@ -249,6 +249,21 @@ def test_retry_from_another_program_wakes_a_waiting_consumer_at_once(
     del q
 
 
+def test_a_queue_whose_file_system_has_no_fifos_still_works(
+    qpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner's wakeup FIFO is a convenience: where mkfifo fails, the queue opens and
+    serves, and a repair's messages go out at the safety re-check."""
+    def no_fifos(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "mkfifo", no_fifos)
+    q = durableq.Queue(path=qpath)
+    q.put("works")
+    assert q.get(timeout=TIMEOUT) == "works"
+    del q
+
+
 def test_export_import_round_trip(qpath: Path, tmp_path: Path) -> None:
     queue = owned(qpath, tmp_path)
     lines = run("export", str(qpath)).stdout.splitlines()

@@ -839,12 +839,18 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
 
     # -- wakeups from other programs --------------------------------------------------------
 
-    def watch_puts(self) -> FifoWatch:
+    def watch_puts(self) -> FifoWatch | None:
         """A FIFO in the queue directory that ``wake_owner`` writes to: the owner's
         dispatcher polls it, so messages another program made ready (``durableq retry``,
         ``replay``, ``import``, a ``Submitter``) go out at once, not at its next safety
-        re-check. Its producers' puts need none: they notify over the owner's pipe."""
-        return FifoWakeups(os.path.join(self.path, WAKE_DIR)).watch(WAKE_TARGET)
+        re-check. Its producers' puts need none: they notify over the owner's pipe.
+
+        None where the file system has no FIFOs: those messages then wait for the
+        safety re-check, and the queue works as before."""
+        try:
+            return FifoWakeups(os.path.join(self.path, WAKE_DIR)).watch(WAKE_TARGET)
+        except OSError:
+            return None
 
     # -- reads: any process -------------------------------------------------------------------
 
