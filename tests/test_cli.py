@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -246,6 +247,24 @@ def test_retry_from_another_program_wakes_a_waiting_consumer_at_once(
     waiting.join(TIMEOUT)
     assert [(m.id, m.body, m.attempts) for m in got] == [(1, "again", 2)]
     got[0].ack()
+    del q
+
+
+def _own_and_die(path: str) -> None:
+    _q = durableq.Queue(path=path)  # kept: a collected queue would close its owner first
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_owners_wakeup_fifo_is_removed_by_the_next_owner(qpath: Path) -> None:
+    import multiprocessing
+
+    for _ in range(3):
+        p = multiprocessing.get_context("fork").Process(target=_own_and_die, args=(str(qpath),))
+        p.start()
+        p.join(TIMEOUT)
+        assert p.exitcode == -signal.SIGKILL
+    q = durableq.Queue(path=qpath)
+    assert len(list((qpath / "task-wake").iterdir())) == 1, "only this owner's"
     del q
 
 

@@ -847,8 +847,10 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
 
         None where the file system has no FIFOs: those messages then wait for the
         safety re-check, and the queue works as before."""
+        wakeups = FifoWakeups(os.path.join(self.path, WAKE_DIR))
+        wakeups.poke([WAKE_TARGET])  # removes the FIFOs of killed owners (no one reads them)
         try:
-            return FifoWakeups(os.path.join(self.path, WAKE_DIR)).watch(WAKE_TARGET)
+            return wakeups.watch(WAKE_TARGET)
         except OSError:
             return None
 
