@@ -36,7 +36,7 @@ from ._command_wakeup import FifoWakeups, FifoWatch
 from ._integrity import Integrity, sign_message
 from ._numbers import MOVED, NumberedPuts
 from ._numbers import SCHEMA as _IDS_SCHEMA
-from ._putlog import DIRECT_BATCH, Drained, LogReader, LogWriter, drains_first
+from ._putlog import DIRECT_BATCH, Drained, LogReader, LogWriter, drains_first, rows_of
 from ._sqlite import SET_BASED, SYNC, Busy, SQLiteFiles, guarded, is_busy, many
 from ._sqlite_commands import SQLiteCommands
 from ._sqlite_policy import PolicyVerbs, drop_messages
@@ -196,10 +196,8 @@ _UNLEDGER: Final = (
     "JOIN dq_delivery AS d ON d.id = v.column1 AND d.state = v.column2 "
     "AND d.attempts = v.column3)"
 )
-_FINISHED: Final = (
-    f"SELECT id, state, attempts, expiry, flags FROM dq_delivery "
-    f"WHERE state IN ({_DONE}, {_DEAD}, {_EXPIRED})"
-)
+_FINISHED_WHERE: Final = f"FROM dq_delivery WHERE state IN ({_DONE}, {_DEAD}, {_EXPIRED})"
+_FINISHED: Final = f"SELECT id, state, attempts, expiry, flags {_FINISHED_WHERE}"
 
 # A discarded message leaves no history: finished (expiry) stays NULL.
 _DISCARD: Final = f"""
@@ -364,10 +362,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
         for the lock, so threads putting at once pay for one commit (one fsync with
         ``sync="full"``) instead of one each.
         """
-        now = self.clock.time()
-        slot = _Slot(
-            [(priority, due, now, payload, deadline, bump, expires) for payload in payloads]
-        )
+        slot = _Slot(rows_of(payloads, self.clock.time(), priority, due, deadline, bump, expires))
         with self._group_lock:
             self._group.append(slot)
             lead = not self._leading
@@ -465,8 +460,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
                 expires=expires,
             )
             return
-        now = self.clock.time()
-        rows = [(priority, due, now, p, deadline, bump, expires) for p in payloads]
+        rows = rows_of(payloads, self.clock.time(), priority, due, deadline, bump, expires)
         self._writer().append(rows)
 
     def _writer(self) -> LogWriter:
@@ -711,7 +705,7 @@ class DiskcacheStore(SQLiteCommands, PolicyVerbs, Integrity, NumberedPuts, SQLit
         marked in the ledger and are collected next time. Returns how many were collected.
         """
         self._finish_collecting()  # one at a time: a later one sees what it did
-        if not self._finished_rows():
+        if not self._read(f"SELECT 1 {_FINISHED_WHERE} LIMIT 1"):
             self._uncollected = 0
             return 0  # without taking the producers' lock
         try:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._records import Priority, State
-from ._putlog import DIRECT_BATCH, LogWriter, drains_first
+from ._putlog import DIRECT_BATCH, LogWriter, drains_first, rows_of
 from ._sqlite import guarded
 
 #: Ids reserved at a time: one message-file transaction per this many numbered puts.
@@ -102,8 +102,7 @@ class NumberedPuts:
                 payloads, priority=priority, due=due, deadline=deadline, bump=bump,
                 expires=expires,
             )
-        now = self.clock.time()
-        rows = [(priority, due, now, p, deadline, bump, expires) for p in payloads]
+        rows = rows_of(payloads, self.clock.time(), priority, due, deadline, bump, expires)
         with self._numbers_lock:
             block = self._numbers
             if block is None or block[0] + len(rows) - 1 > block[1]:

@@ -91,6 +91,15 @@ def _mac(key: bytes, name: bytes, offset: int, header: bytes, payload: bytes | m
     return h.digest()
 
 
+def rows_of(
+    payloads: Sequence[bytes], created: float, priority: int, due: float,
+    deadline: float | None, bump: float | None, expires: float | None,
+) -> list[tuple[Any, ...]]:
+    """A put's rows, in the order the log and the message table share: (priority, due,
+    created, body, deadline, bump, expires)."""
+    return [(priority, due, created, p, deadline, bump, expires) for p in payloads]
+
+
 def encode_rows(
     rows: Sequence[tuple[Any, ...]], ids: Sequence[int] | None = None
 ) -> tuple[bytes, bytes]:
